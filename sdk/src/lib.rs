@@ -1,0 +1,48 @@
+//! # Tagcast: the protocol and the native SDK
+//!
+//! Tagcast is a WebSocket server that forwards each message to the connections whose tags match
+//! (the successor of the PHP Gomoob WebSocket server, wire-compatible with it). This crate holds
+//! what every part of Tagcast shares, so a tag or a request means the same thing in the server,
+//! the native client and the browser SDK:
+//!
+//! - [`tags`]: [`Tags`] and [`TagValue`], validated as PROTOCOL.md §1 says (`5 == "5"`);
+//! - [`request`]: [`WebSocketRequest`], its builder, exact serialization and strict parsing;
+//! - [`parser`]: [`MessageParser`] and the string, JSON, serde-typed and JSON Schema parsers;
+//! - [`tags_tree`]: [`TagsTree`], the inverted index behind routing;
+//! - [`envelope`]: the `tagcast.v1` frames (message, ack, error) and their error codes;
+//! - [`publisher`]: [`Publisher`], what application code depends on;
+//! - [`client`] (feature `client`, on by default): [`WebSocketClient`], tokio-based;
+//! - [`mock`]: [`WebSocketClientMock`], a recording [`Publisher`] for unit tests.
+//!
+//! With default features off the crate has no tokio and builds for `wasm32-unknown-unknown`.
+//!
+//! ```
+//! use tagcast::{Tags, WebSocketRequest};
+//!
+//! let request = WebSocketRequest::new("Hello").with_tags(Tags::new().with("language", "EN"));
+//! assert_eq!(request.to_json(), r#"{"message":"Hello","tags":{"language":"EN"},"metadata":{}}"#);
+//! ```
+
+#[cfg(feature = "client")]
+pub mod client;
+pub mod envelope;
+pub mod error;
+pub mod mock;
+pub mod parser;
+pub mod publisher;
+pub mod request;
+pub mod tags;
+pub mod tags_tree;
+
+#[cfg(feature = "client")]
+pub use client::{ClientBuilder, Received, WebSocketClient};
+pub use envelope::{ErrorCode, RequestId, ServerFrame, SUBPROTOCOL};
+pub use error::{Error, TagsError};
+pub use mock::WebSocketClientMock;
+#[cfg(feature = "json-schema")]
+pub use parser::SchemaParser;
+pub use parser::{JsonParser, MessageParser, StringParser, TypedParser};
+pub use publisher::{PublishFuture, Publisher};
+pub use request::{Metadata, ParseOptions, WebSocketRequest};
+pub use tags::{TagValue, Tags};
+pub use tags_tree::TagsTree;

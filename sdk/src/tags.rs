@@ -1,0 +1,351 @@
+//! Tags and tag values: validation of PROTOCOL.md §1 and the canonical form (`5 == "5"`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::TagsError;
+
+/// Longest tag name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest string tag value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 256;
+/// Default bound on the number of tags of a connection or a request (`--max-tags`).
+pub const DEFAULT_MAX_TAGS: usize = 64;
+
+/// One tag value: a string or an integer.
+///
+/// An integer equals its canonical decimal text: `TagValue::from(5) == TagValue::from("5")`,
+/// while `"05"` and `"-0"` are other values.
+///
+/// ```
+/// use tagcast::TagValue;
+/// assert_eq!(TagValue::from(5), TagValue::from("5"));
+/// assert_ne!(TagValue::from(5), TagValue::from("05"));
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TagValue {
+    /// An integer (serialized as a JSON number).
+    Integer(i64),
+    /// A string (serialized as a JSON string).
+    String(String),
+}
+
+impl TagValue {
+    /// The canonical text of the value: the string itself, or the integer in decimal.
+    /// Two values are equal exactly when their canonical texts are.
+    pub fn canonical(&self) -> Cow<'_, str> {
+        match self {
+            TagValue::String(s) => Cow::Borrowed(s),
+            TagValue::Integer(i) => Cow::Owned(i.to_string()),
+        }
+    }
+}
+
+impl PartialEq for TagValue {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TagValue::Integer(a), TagValue::Integer(b)) => a == b,
+            (TagValue::String(a), TagValue::String(b)) => a == b,
+            _ => self.canonical() == other.canonical(),
+        }
+    }
+}
+
+impl Eq for TagValue {}
+
+impl Hash for TagValue {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.canonical().hash(state)
+    }
+}
+
+impl fmt::Display for TagValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.canonical())
+    }
+}
+
+impl From<i64> for TagValue {
+    fn from(v: i64) -> Self {
+        TagValue::Integer(v)
+    }
+}
+
+impl From<i32> for TagValue {
+    fn from(v: i32) -> Self {
+        TagValue::Integer(v.into())
+    }
+}
+
+impl From<u32> for TagValue {
+    fn from(v: u32) -> Self {
+        TagValue::Integer(v.into())
+    }
+}
+
+impl From<&str> for TagValue {
+    fn from(v: &str) -> Self {
+        TagValue::String(v.to_owned())
+    }
+}
+
+impl From<String> for TagValue {
+    fn from(v: String) -> Self {
+        TagValue::String(v)
+    }
+}
+
+/// A set of tags: names to values, validated by [`Tags::parse`] and [`Tags::from_value`].
+///
+/// Serializes as a JSON object (`{}` when empty), names in sorted order.
+///
+/// ```
+/// use tagcast::Tags;
+/// let tags = Tags::parse(r#"{"language": "FR", "user": 42}"#).unwrap();
+/// assert_eq!(tags.get("user").unwrap().canonical(), "42");
+/// assert!(Tags::parse(r#"{"language": true}"#).unwrap_err().to_string().contains("language"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Tags(BTreeMap<String, TagValue>);
+
+impl Tags {
+    /// An empty tag set (matches every connection when used in a request).
+    pub fn new() -> Self {
+        Tags(BTreeMap::new())
+    }
+
+    /// Parses and validates tags from JSON text. No bound on the count: see [`Tags::check_count`].
+    pub fn parse(json: &str) -> Result<Tags, TagsError> {
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| TagsError::InvalidJson(e.to_string()))?;
+        Tags::from_value(&value)
+    }
+
+    /// Validates tags from a JSON value: an object, or the empty array `[]` (PHP's empty map).
+    pub fn from_value(value: &Value) -> Result<Tags, TagsError> {
+        match value {
+            Value::Object(map) => {
+                let mut tags = BTreeMap::new();
+                for (name, v) in map {
+                    check_name(name)?;
+                    tags.insert(name.clone(), value_of(name, v)?);
+                }
+                Ok(Tags(tags))
+            }
+            Value::Array(a) if a.is_empty() => Ok(Tags::new()),
+            other => Err(TagsError::NotAnObject(json_kind(other))),
+        }
+    }
+
+    /// Fails when there are more than `max` tags.
+    pub fn check_count(&self, max: usize) -> Result<(), TagsError> {
+        if self.0.len() > max {
+            return Err(TagsError::TooMany {
+                count: self.0.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces one tag, validating it.
+    pub fn insert(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<TagValue>,
+    ) -> Result<(), TagsError> {
+        let name = name.into();
+        check_name(&name)?;
+        let value = value.into();
+        if let TagValue::String(s) = &value {
+            check_value_len(&name, s)?;
+        }
+        self.0.insert(name, value);
+        Ok(())
+    }
+
+    /// Adds one tag and returns the set, for building tags in one expression.
+    ///
+    /// # Panics
+    /// When the name or value is invalid (PROTOCOL.md §1); use [`Tags::insert`] for untrusted input.
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<TagValue>) -> Self {
+        if let Err(e) = self.insert(name, value) {
+            panic!("{e}");
+        }
+        self
+    }
+
+    /// The value of one tag.
+    pub fn get(&self, name: &str) -> Option<&TagValue> {
+        self.0.get(name)
+    }
+
+    /// How many tags there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no tags.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The tags, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &TagValue)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Whether every `(name, value)` pair of `query` is in these tags (an empty query is
+    /// contained in everything).
+    pub fn contains_all(&self, query: &Tags) -> bool {
+        query.iter().all(|(n, v)| self.0.get(n) == Some(v))
+    }
+
+    /// These tags with `defaults` added under them: a name present in both keeps this set's value.
+    pub fn merged_over(&self, defaults: &Tags) -> Tags {
+        let mut out = defaults.0.clone();
+        for (k, v) in &self.0 {
+            out.insert(k.clone(), v.clone());
+        }
+        Tags(out)
+    }
+
+    /// The tags as compact JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for Tags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        Tags::from_value(&value).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for Tags {
+    type Err = TagsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Tags::parse(s)
+    }
+}
+
+impl<N: Into<String>, V: Into<TagValue>> FromIterator<(N, V)> for Tags {
+    /// Collects pairs without validation of lengths; prefer [`Tags::insert`] for untrusted input.
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        Tags(iter.into_iter().map(|(n, v)| (n.into(), v.into())).collect())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), TagsError> {
+    if name.is_empty() {
+        return Err(TagsError::EmptyName);
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(TagsError::NameTooLong {
+            name: name.chars().take(32).collect(),
+            len: name.len(),
+        });
+    }
+    Ok(())
+}
+
+fn check_value_len(name: &str, s: &str) -> Result<(), TagsError> {
+    if s.len() > MAX_VALUE_BYTES {
+        return Err(TagsError::ValueTooLong {
+            name: name.to_owned(),
+            len: s.len(),
+        });
+    }
+    Ok(())
+}
+
+fn value_of(name: &str, v: &Value) -> Result<TagValue, TagsError> {
+    match v {
+        Value::String(s) => {
+            check_value_len(name, s)?;
+            Ok(TagValue::String(s.clone()))
+        }
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Ok(TagValue::Integer(i)),
+            None => Err(TagsError::NotAnInteger {
+                name: name.to_owned(),
+                number: n.to_string(),
+            }),
+        },
+        other => Err(TagsError::BadValue {
+            name: name.to_owned(),
+            found: json_kind(other),
+        }),
+    }
+}
+
+/// A short name of a JSON value's kind, for error texts.
+pub(crate) fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a float",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_equal_their_canonical_text() {
+        let a = Tags::parse(r#"{"user": 5}"#).unwrap();
+        let b = Tags::parse(r#"{"user": "5"}"#).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, Tags::parse(r#"{"user": "05"}"#).unwrap());
+        assert_ne!(
+            Tags::parse(r#"{"user": 0}"#).unwrap(),
+            Tags::parse(r#"{"user": "-0"}"#).unwrap()
+        );
+    }
+
+    #[test]
+    fn rejects_what_section_1_rejects() {
+        for (json, needle) in [
+            (r#"{"a": 5.0}"#, "\"a\""),
+            (r#"{"a": 1e3}"#, "\"a\""),
+            (r#"{"b": true}"#, "\"b\""),
+            (r#"{"c": null}"#, "\"c\""),
+            (r#"{"d": [1]}"#, "\"d\""),
+            (r#"{"e": {}}"#, "\"e\""),
+            (r#"{"f": 9223372036854775808}"#, "\"f\""),
+            (r#"[1]"#, "object"),
+            (r#""x""#, "object"),
+            (r#"{"": "x"}"#, "empty"),
+        ] {
+            let err = Tags::parse(json).unwrap_err().to_string();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+        assert!(Tags::parse("[]").unwrap().is_empty());
+        let long = "n".repeat(129);
+        assert!(Tags::parse(&format!(r#"{{"{long}": 1}}"#)).is_err());
+        assert!(Tags::parse(&format!(r#"{{"{}": 1}}"#, "n".repeat(128))).is_ok());
+        let v = "v".repeat(257);
+        assert!(Tags::parse(&format!(r#"{{"n": "{v}"}}"#)).is_err());
+        assert!(Tags::parse(&format!(r#"{{"n": "{}"}}"#, "v".repeat(256))).is_ok());
+    }
+
+    #[test]
+    fn serializes_as_object() {
+        assert_eq!(Tags::new().to_json(), "{}");
+        let t = Tags::new().with("b", 1).with("a", "x");
+        assert_eq!(t.to_json(), r#"{"a":"x","b":1}"#);
+    }
+}
