@@ -110,7 +110,10 @@ impl ClientBuilder {
         let mut url = base.to_owned();
         if !base.contains('?') {
             // `ws://host:8080` and `ws://host:8080/` must both work.
-            if !base.split_once("://").is_some_and(|(_, rest)| rest.contains('/')) {
+            if !base
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.contains('/'))
+            {
                 url.push('/');
             }
             url.push('?');
@@ -128,10 +131,13 @@ impl ClientBuilder {
     /// Opens the connection.
     pub async fn connect(self) -> Result<WebSocketClient, Error> {
         let url = self.handshake_url();
-        let mut request = url.as_str().into_client_request().map_err(|e| Error::InvalidUrl {
-            url: self.url.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| Error::InvalidUrl {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
         if !self.raw {
             request.headers_mut().insert(
                 "Sec-WebSocket-Protocol",
@@ -323,7 +329,10 @@ impl WebSocketClient {
 
     /// Why the connection closed (close code and reason), or `None` while it is open.
     pub fn close_reason(&self) -> Option<String> {
-        self.closed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn closed_error(&self) -> Error {
@@ -349,9 +358,8 @@ impl Publisher for WebSocketClient {
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The connection task: writes commands, reads frames, resolves acks, forwards messages.
 async fn run(

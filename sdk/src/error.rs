@@ -40,7 +40,9 @@ pub enum TagsError {
         found: &'static str,
     },
     /// A number is not an integer that fits i64.
-    #[error("tag {name:?}: {number} is not an integer that fits 64 bits (no fraction, no exponent)")]
+    #[error(
+        "tag {name:?}: {number} is not an integer that fits 64 bits (no fraction, no exponent)"
+    )]
     NotAnInteger {
         /// The tag name.
         name: String,

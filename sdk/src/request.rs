@@ -195,7 +195,10 @@ pub fn parse_value(
     (id, result)
 }
 
-fn build(object: &mut Map<String, Value>, options: &ParseOptions) -> Result<WebSocketRequest, Error> {
+fn build(
+    object: &mut Map<String, Value>,
+    options: &ParseOptions,
+) -> Result<WebSocketRequest, Error> {
     for name in object.keys() {
         match name.as_str() {
             "message" | "tags" | "metadata" => {}

@@ -240,7 +240,11 @@ impl std::str::FromStr for Tags {
 impl<N: Into<String>, V: Into<TagValue>> FromIterator<(N, V)> for Tags {
     /// Collects pairs without validation of lengths; prefer [`Tags::insert`] for untrusted input.
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
-        Tags(iter.into_iter().map(|(n, v)| (n.into(), v.into())).collect())
+        Tags(
+            iter.into_iter()
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect(),
+        )
     }
 }
 

@@ -1,1 +1,228 @@
+//! # tagcast-server: the Tagcast server as a library
+//!
+//! The `tagcast` binary is a thin shell over this crate; embed it to plug in your own
+//! [`MessageParser`](tagcast::MessageParser) or [`AuthManager`](auth::AuthManager), as the
+//! original server's `server.php` did with PHP objects.
+//!
+//! Layout: [`config`] (every option, validated once), [`auth`] (who may open and send),
+//! [`registry`] (open connections by tags), [`router`] (parse, authorize, deliver),
+//! [`connection`] (reader and writer loops, close codes in [`close`]), [`http`] (axum routes).
+//!
+//! ```
+//! use std::future::Future;
+//! use tagcast_server::{Config, Server};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder()
+//!     .config(Config::default())
+//!     .message_parser(tagcast::JsonParser)
+//!     .build()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let running = tokio::spawn(server.run(listener, async { let _ = stopped.await; }));
+//! stop.send(()).unwrap();
+//! running.await??;
+//! # Ok(()) }
+//! ```
 
+pub mod auth;
+pub mod close;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod registry;
+pub mod router;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tagcast::{JsonParser, MessageParser, SchemaParser, StringParser};
+
+use crate::auth::{AllowAll, ApplicationsAuthManager, AuthManager};
+pub use crate::config::{Config, ConfigError, MessageMode};
+use crate::registry::Registry;
+use crate::router::Router;
+
+/// How long a shutdown waits for connections to finish their close handshakes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What every request handler shares.
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Config,
+    /// The open connections.
+    pub registry: Arc<Registry>,
+    /// Routing of requests.
+    pub router: Arc<Router>,
+    /// Authorization.
+    pub auth: Arc<dyn AuthManager>,
+}
+
+/// A configured server, ready to [`run`](Server::run) on a listener.
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.state.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Server`]: a [`Config`], and optionally a message parser and an auth manager that
+/// replace what the configuration would choose.
+#[derive(Default)]
+pub struct ServerBuilder {
+    config: Config,
+    parser: Option<Arc<dyn MessageParser>>,
+    auth: Option<Arc<dyn AuthManager>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    /// Uses this configuration (default: [`Config::default`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Parses messages with `parser` instead of `config.messages`.
+    pub fn message_parser(mut self, parser: impl MessageParser) -> Self {
+        self.parser = Some(Arc::new(parser));
+        self
+    }
+
+    /// Authorizes with `auth` instead of `config.auth_file`.
+    pub fn auth_manager(mut self, auth: impl AuthManager) -> Self {
+        self.auth = Some(Arc::new(auth));
+        self
+    }
+
+    /// Validates the configuration and loads its files (auth YAML, JSON Schema).
+    pub fn build(self) -> Result<Server, ConfigError> {
+        let config = self.config;
+        config.validate()?;
+        let parser: Arc<dyn MessageParser> = match self.parser {
+            Some(p) => p,
+            None => match &config.messages {
+                MessageMode::String => Arc::new(StringParser),
+                MessageMode::Json => Arc::new(JsonParser),
+                MessageMode::Schema(path) => Arc::new(load_schema(path)?),
+            },
+        };
+        let auth: Arc<dyn AuthManager> = match self.auth {
+            Some(a) => a,
+            None => match &config.auth_file {
+                Some(path) => Arc::new(ApplicationsAuthManager::from_file(
+                    path,
+                    config.authorize_open,
+                )?),
+                None => Arc::new(AllowAll),
+            },
+        };
+        let registry = Arc::new(Registry::default());
+        let router = Arc::new(Router {
+            registry: registry.clone(),
+            parser,
+            auth: auth.clone(),
+            max_tags: config.max_tags,
+        });
+        Ok(Server {
+            state: Arc::new(AppState {
+                config,
+                registry,
+                router,
+                auth,
+            }),
+        })
+    }
+}
+
+fn load_schema(path: &std::path::Path) -> Result<SchemaParser, ConfigError> {
+    let error = |reason: String| ConfigError::SchemaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| error(format!("cannot read the schema file: {e}")))?;
+    let schema: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| error(format!("not valid JSON: {e}")))?;
+    SchemaParser::new(&schema).map_err(|e| error(format!("not a valid JSON Schema: {e}")))
+}
+
+impl Server {
+    /// Starts building a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The open connections (for embedding applications and tests).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.state.registry.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then closes every connection with 1001
+    /// and returns once they are closed (or after a 5 s grace).
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr = listener.local_addr()?;
+        tracing::info!("listening on {addr}");
+        let registry = self.state.registry.clone();
+        let app = http::app(self.state.clone());
+        let closing = registry.clone();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing every connection with 1001");
+            closing.close_all();
+        })
+        .await?;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while !registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Builds a server from `config` and runs it on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let server = Server::builder().config(config).build()?;
+    server.run(listener, shutdown).await?;
+    Ok(())
+}
+
+/// Why [`run`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The configuration cannot run.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listener failed.
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}

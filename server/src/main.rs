@@ -1,1 +1,278 @@
-fn main(){}
+//! The `tagcast` binary: `serve`, `send` and `listen` (PROTOCOL.md §9).
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tagcast::{Tags, WebSocketClient, WebSocketRequest};
+use tagcast_server::{Config, MessageMode, Server};
+
+/// Tagcast: a WebSocket server that forwards each message to the connections whose tags match.
+#[derive(Debug, Parser)]
+#[command(name = "tagcast", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Send one message and print how many connections it was delivered to.
+    Send(SendArgs),
+    /// Open a connection and print every message it receives, one per line.
+    Listen(ListenArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Messages {
+    /// Only JSON strings (as the original server).
+    String,
+    /// Any JSON value.
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TAGCAST_HOST", default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// Port to listen on (0 lets the OS pick; the `listening on` log line tells which).
+    #[arg(long, env = "TAGCAST_PORT", default_value_t = 8080)]
+    port: u16,
+    /// What a request's `message` may be.
+    #[arg(long, env = "TAGCAST_MESSAGES", value_enum, default_value = "string")]
+    messages: Messages,
+    /// Accept messages valid against this JSON Schema file (takes precedence over --messages).
+    #[arg(long, env = "TAGCAST_MESSAGE_SCHEMA", value_name = "FILE")]
+    message_schema: Option<PathBuf>,
+    /// Applications YAML file (key, secret, authorizeOpen); without it everything is authorized.
+    #[arg(long, env = "TAGCAST_AUTH", value_name = "FILE")]
+    auth: Option<PathBuf>,
+    /// With --auth: whether anyone may open a connection (false: only with an application's key).
+    #[arg(long, env = "TAGCAST_AUTHORIZE_OPEN", default_value = "true", value_name = "true|false",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolValueParser::new())]
+    authorize_open: bool,
+    /// Outgoing queue of each connection, in messages; a full queue disconnects a slow consumer.
+    #[arg(long, env = "TAGCAST_QUEUE_SIZE", default_value_t = tagcast_server::config::DEFAULT_QUEUE_SIZE)]
+    queue_size: usize,
+    /// Largest message in bytes (after fragments are joined); larger closes with 1009.
+    #[arg(long, env = "TAGCAST_MAX_MESSAGE_BYTES", default_value_t = tagcast_server::config::DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// Most open WebSocket connections; past it the handshake answers 503 [default: unlimited].
+    #[arg(long, env = "TAGCAST_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most tags of a connection or a request.
+    #[arg(long, env = "TAGCAST_MAX_TAGS", default_value_t = tagcast::tags::DEFAULT_MAX_TAGS)]
+    max_tags: usize,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Config {
+        Config {
+            host: self.host,
+            port: self.port,
+            messages: match (self.message_schema, self.messages) {
+                (Some(path), _) => MessageMode::Schema(path),
+                (None, Messages::String) => MessageMode::String,
+                (None, Messages::Json) => MessageMode::Json,
+            },
+            auth_file: self.auth,
+            authorize_open: self.authorize_open,
+            queue_size: self.queue_size,
+            max_message_bytes: self.max_message_bytes,
+            max_connections: self.max_connections,
+            max_tags: self.max_tags,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// Server URL, e.g. ws://localhost:8080 (with ?key=…&secret=… when opening needs them).
+    #[arg(long, env = "TAGCAST_URL")]
+    url: String,
+    /// Tags of the request, as a JSON object: who receives it (default: everyone).
+    #[arg(long, value_name = "JSON")]
+    tags: Option<String>,
+    /// Metadata of the request, as a JSON object (with --auth: {"key": …, "secret": …}).
+    #[arg(long, value_name = "JSON")]
+    metadata: Option<String>,
+    /// Parse MESSAGE as JSON instead of sending it as a string.
+    #[arg(long)]
+    json: bool,
+    /// The message.
+    message: String,
+}
+
+#[derive(Debug, Args)]
+struct ListenArgs {
+    /// Server URL, e.g. ws://localhost:8080.
+    #[arg(long, env = "TAGCAST_URL")]
+    url: String,
+    /// Tags of the connection, as a JSON object: which messages it receives.
+    #[arg(long, value_name = "JSON")]
+    tags: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Send(args) => report(runtime.block_on(send(args))),
+        Command::Listen(args) => runtime.block_on(listen(args)),
+    }
+}
+
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit code of a configuration error (PROTOCOL.md §9).
+const CONFIG_ERROR: u8 = 2;
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = args.into_config();
+    let addr = (config.host, config.port);
+    let server = match Server::builder().config(config).build() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}:{}: {e}", addr.0, addr.1);
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    match server.run(listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn parse_tags(tags: Option<&str>) -> anyhow::Result<Tags> {
+    match tags {
+        None => Ok(Tags::new()),
+        Some(json) => Tags::parse(json).context("invalid --tags"),
+    }
+}
+
+async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let tags = parse_tags(args.tags.as_deref())?;
+    let message: serde_json::Value = if args.json {
+        serde_json::from_str(&args.message).context("MESSAGE is not valid JSON (--json)")?
+    } else {
+        serde_json::Value::String(args.message)
+    };
+    let mut request = WebSocketRequest::new(message).with_tags(tags);
+    if let Some(metadata) = args.metadata {
+        match serde_json::from_str(&metadata).context("invalid --metadata")? {
+            serde_json::Value::Object(map) => request = request.with_metadata(map),
+            _ => anyhow::bail!("invalid --metadata: it must be a JSON object"),
+        }
+    }
+    let client = WebSocketClient::builder(args.url).connect().await?;
+    let delivered = client.send(request).await;
+    client.close().await;
+    println!("delivered {}", delivered?);
+    Ok(())
+}
+
+async fn listen(args: ListenArgs) -> ExitCode {
+    let tags = match parse_tags(args.tags.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return report(Err(e)),
+    };
+    let client = match WebSocketClient::builder(args.url)
+        .tags(tags)
+        .raw(true)
+        .connect()
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return report(Err(e.into())),
+    };
+    eprintln!("connected");
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        tokio::select! {
+            received = client.recv() => match received {
+                Some(received) => {
+                    if writeln!(stdout, "{}", received.text).and_then(|()| stdout.flush()).is_err() {
+                        return ExitCode::SUCCESS; // stdout closed: nobody is listening any more
+                    }
+                }
+                None => {
+                    let reason = client.close_reason().unwrap_or_default();
+                    eprintln!("closed: {reason}");
+                    let normal = reason.starts_with("code 1000") || reason.starts_with("code 1001");
+                    return if normal { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+                }
+            },
+            _ = shutdown_signal() => {
+                client.close().await;
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+}

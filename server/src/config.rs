@@ -1,0 +1,109 @@
+//! Every option of `tagcast serve` in one struct, validated once at start.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use tagcast::tags::DEFAULT_MAX_TAGS;
+
+/// How the server reads a request's `message` (PROTOCOL.md §3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MessageMode {
+    /// Only JSON strings, as the original server (the default).
+    #[default]
+    String,
+    /// Any JSON value.
+    Json,
+    /// Values valid against the JSON Schema in this file.
+    Schema(PathBuf),
+}
+
+/// The configuration of one server. [`Default`] gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address to listen on (`--host`, default `0.0.0.0`).
+    pub host: IpAddr,
+    /// Port to listen on (`--port`, default 8080; 0 lets the OS pick).
+    pub port: u16,
+    /// How `message` is parsed (`--messages`, `--message-schema`).
+    pub messages: MessageMode,
+    /// The applications YAML file (`--auth`); `None` authorizes everything.
+    pub auth_file: Option<PathBuf>,
+    /// Whether anyone may open a connection when `auth_file` is set (`--authorize-open`).
+    pub authorize_open: bool,
+    /// Outgoing queue length of each connection, in messages (`--queue-size`).
+    pub queue_size: usize,
+    /// Largest accepted message, in bytes, after fragments are joined (`--max-message-bytes`).
+    pub max_message_bytes: usize,
+    /// Most open WebSocket connections; `None` is unlimited (`--max-connections`).
+    pub max_connections: Option<usize>,
+    /// Most tags of a connection or a request (`--max-tags`).
+    pub max_tags: usize,
+}
+
+/// Default outgoing queue length.
+pub const DEFAULT_QUEUE_SIZE: usize = 1024;
+/// Default message size bound (1 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_576;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 8080,
+            messages: MessageMode::String,
+            auth_file: None,
+            authorize_open: true,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections: None,
+            max_tags: DEFAULT_MAX_TAGS,
+        }
+    }
+}
+
+/// A configuration that cannot run; the text names the option or file and the problem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The auth file is missing, unreadable or invalid.
+    #[error("{path}: {reason}")]
+    AuthFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the application's position (from 1) when it is one of them.
+        reason: String,
+    },
+    /// The JSON Schema file is missing, unreadable or not a valid schema.
+    #[error("{path}: {reason}")]
+    SchemaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An option has a value that cannot work.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Checks the values that do not need files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.queue_size == 0 {
+            return Err(ConfigError::Invalid(
+                "--queue-size must be at least 1".into(),
+            ));
+        }
+        if self.max_message_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-message-bytes must be at least 1".into(),
+            ));
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::Invalid(
+                "--max-connections must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        Ok(())
+    }
+}

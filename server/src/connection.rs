@@ -1,0 +1,202 @@
+//! One connection: reader loop, writer loop, bounded queue, close codes.
+//!
+//! The reader routes each request completely before reading the next frame (per-sender order).
+//! The writer drains what is queued, writes it as one batch and flushes once. Either side can
+//! decide a close through the connection's [`Closer`](crate::close::Closer); the writer then sends
+//! the close frame, the reader reads until the peer answers, and the TCP connection is dropped
+//! by the deadline whatever happens.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tagcast::ServerFrame;
+use tokio::sync::mpsc;
+use tokio::time::timeout_at;
+
+use crate::close::{self, Closer};
+use crate::registry::Connection;
+use crate::router::{Refusal, Router};
+
+/// How many queued frames one write batch takes at most before flushing.
+const MAX_BATCH: usize = 256;
+
+/// Runs a registered connection until it ends. Generic over the socket halves so the rules can
+/// be driven without a network.
+pub async fn run<W, R, E>(
+    sink: W,
+    stream: R,
+    conn: Arc<Connection>,
+    queue: mpsc::Receiver<Message>,
+    router: Arc<Router>,
+) where
+    W: Sink<Message, Error = E> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let writer = tokio::spawn(write_loop(sink, queue, conn.clone()));
+    read_loop(stream, &conn, &router).await;
+    // The reader is done: make sure the writer ends too (no frame if nobody decided one).
+    conn.closer.close_silently();
+    let _ = writer.await;
+}
+
+async fn read_loop<R, E>(mut stream: R, conn: &Connection, router: &Router)
+where
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = conn.closer.wait() => break,
+            next = stream.next() => next,
+        };
+        match next {
+            None => return,
+            Some(Err(e)) => {
+                let (code, reason) = classify(&e);
+                tracing::debug!(connection = conn.id, code, reason, "read error");
+                if code == 0 {
+                    conn.closer.close_silently();
+                } else {
+                    conn.closer.close(code, reason);
+                }
+            }
+            Some(Ok(Message::Text(text))) => handle_text(&text, conn, router),
+            Some(Ok(Message::Binary(_))) => refuse(
+                conn,
+                None,
+                Refusal {
+                    code: tagcast::ErrorCode::BadRequest,
+                    text: "binary frames are not accepted: send a JSON text frame".into(),
+                },
+            ),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_))) => {
+                // The peer closes: tungstenite answers it as we keep reading to the end.
+                conn.closer.close_silently();
+            }
+        }
+    }
+    // Closing: keep reading (and dropping) until the peer answers the close or the deadline.
+    let deadline = conn
+        .closer
+        .closing()
+        .map(|c| c.deadline)
+        .unwrap_or_else(std::time::Instant::now);
+    let deadline = tokio::time::Instant::from_std(deadline);
+    while let Ok(Some(Ok(_))) = timeout_at(deadline, stream.next()).await {}
+}
+
+fn handle_text(text: &str, conn: &Connection, router: &Router) {
+    let (id, result) = router.route_text(text, conn.envelope, &conn.handshake);
+    match result {
+        Ok(delivered) => {
+            if let (true, Some(id)) = (conn.envelope, id) {
+                let ack = ServerFrame::Ack { id, delivered };
+                conn.offer(Message::Text(Utf8Bytes::from(ack.to_json())));
+            }
+        }
+        Err(refusal) => refuse(conn, id, refusal),
+    }
+}
+
+/// Answers a refused request: an error frame in envelope mode, a close in raw mode.
+fn refuse(conn: &Connection, id: Option<tagcast::RequestId>, refusal: Refusal) {
+    tracing::debug!(connection = conn.id, code = %refusal.code, error = %refusal.text, "request refused");
+    if conn.envelope {
+        let frame = ServerFrame::Error {
+            id,
+            code: refusal.code,
+            error: refusal.text,
+        };
+        conn.offer(Message::Text(Utf8Bytes::from(frame.to_json())));
+    } else {
+        let code = match refusal.code {
+            tagcast::ErrorCode::Unauthorized | tagcast::ErrorCode::RateLimited => {
+                close::POLICY_VIOLATION
+            }
+            tagcast::ErrorCode::Unavailable => close::TRY_AGAIN_LATER,
+            _ => close::INVALID_PAYLOAD,
+        };
+        conn.closer.close(code, &refusal.text);
+    }
+}
+
+/// The close code and reason for a read error; code 0 means the socket is gone (no frame).
+fn classify<E: std::error::Error + Send + Sync + 'static>(e: &E) -> (u16, &'static str) {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+    // axum wraps tungstenite's error; look through the chain for it.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(ws) = err.downcast_ref::<WsError>() {
+            return match ws {
+                WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                    (close::MESSAGE_TOO_BIG, "message too big")
+                }
+                WsError::Capacity(_) => (close::MESSAGE_TOO_BIG, "frame too big"),
+                WsError::Utf8(_) => (close::INVALID_PAYLOAD, "invalid UTF-8 in a text frame"),
+                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+                | WsError::ConnectionClosed
+                | WsError::AlreadyClosed
+                | WsError::Io(_) => (0, "connection lost"),
+                WsError::Protocol(_) => (close::PROTOCOL_ERROR, "protocol error"),
+                _ => (0, "connection lost"),
+            };
+        }
+        source = err.source();
+    }
+    (0, "connection lost")
+}
+
+async fn write_loop<W, E>(mut sink: W, mut queue: mpsc::Receiver<Message>, conn: Arc<Connection>)
+where
+    W: Sink<Message, Error = E> + Unpin,
+{
+    let closer: &Closer = &conn.closer;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = closer.wait() => break,
+            frame = queue.recv() => frame,
+        };
+        let Some(first) = first else { break };
+        let mut batch_ok = sink.feed(first).await.is_ok();
+        let mut taken = 1;
+        while batch_ok && taken < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(frame) => {
+                    batch_ok = sink.feed(frame).await.is_ok();
+                    taken += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if !batch_ok || sink.flush().await.is_err() {
+            closer.close_silently();
+            return;
+        }
+    }
+    let Some(closing) = closer.closing() else {
+        return;
+    };
+    if let Some((code, reason)) = &closing.frame {
+        let frame = Message::Close(Some(CloseFrame {
+            code: *code,
+            reason: Utf8Bytes::from(reason.as_str()),
+        }));
+        let deadline = tokio::time::Instant::from_std(closing.deadline);
+        let _ = timeout_at(deadline, async {
+            // What was queued before the close still goes out (nothing lost at shutdown), except
+            // for a slow consumer, whose full queue is the problem.
+            if reason != close::SLOW_CONSUMER {
+                while let Ok(frame) = queue.try_recv() {
+                    sink.feed(frame).await?;
+                }
+            }
+            sink.send(frame).await
+        })
+        .await;
+    }
+}

@@ -1,0 +1,161 @@
+//! The axum router: WebSocket upgrade (with the handshake rules of PROTOCOL.md §2), `/healthz`,
+//! and 426 for plain requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::StreamExt;
+use tagcast::{Tags, SUBPROTOCOL};
+use tokio::sync::mpsc;
+
+use crate::auth::Handshake;
+use crate::close::Closer;
+use crate::registry::{Connection, Slot};
+use crate::AppState;
+
+/// Read buffer of each connection. tungstenite's default (128 KiB) would cost that much per
+/// idle connection; requests are small, and larger frames grow the buffer as they arrive.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes a write batch accumulates before tungstenite writes to the socket (flush writes the
+/// rest); the buffer only grows on connections that receive.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// The HTTP side of the server.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .fallback(websocket_or_426)
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut body = body.into();
+    body.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn websocket_or_426(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            let asks_upgrade = headers
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            if asks_upgrade {
+                return rejection.into_response();
+            }
+            if method != Method::GET && method != Method::HEAD {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            }
+            let mut response = text(
+                StatusCode::UPGRADE_REQUIRED,
+                "This is a Tagcast WebSocket server: open a WebSocket to ws://HOST:PORT/?tags={\"language\":\"FR\"} (tags optional).",
+            );
+            response.headers_mut().insert(
+                header::UPGRADE,
+                header::HeaderValue::from_static("websocket"),
+            );
+            return response;
+        }
+    };
+
+    // PROTOCOL.md §2: the connection limit, then authorization, then the tags.
+    let Some(slot) = state.registry.reserve(state.config.max_connections) else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is at its connection limit, try again later",
+        );
+    };
+    let query: Vec<(String, String)> = uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let handshake = Handshake {
+        peer,
+        query,
+        headers,
+    };
+    if let Err(denied) = state.auth.authorize_open(&handshake) {
+        tracing::debug!(%peer, reason = %denied, "opening refused");
+        return text(StatusCode::UNAUTHORIZED, denied.0);
+    }
+    let tags = match handshake.query_value("tags") {
+        None => Tags::new(),
+        Some(json) => match Tags::parse(json).and_then(|t| {
+            t.check_count(state.config.max_tags)?;
+            Ok(t)
+        }) {
+            Ok(tags) => tags,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid 'tags': {e}")),
+        },
+    };
+    let handshake = if state.auth.keeps_handshake() {
+        handshake
+    } else {
+        Handshake {
+            peer,
+            query: Vec::new(),
+            headers: HeaderMap::new(),
+        }
+    };
+    let max = state.config.max_message_bytes;
+    let upgrade = upgrade
+        .protocols([SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max);
+    let envelope = upgrade.selected_protocol().is_some();
+    upgrade.on_upgrade(move |socket| async move {
+        open(socket, state, handshake, tags, envelope, slot).await
+    })
+}
+
+async fn open(
+    socket: axum::extract::ws::WebSocket,
+    state: Arc<AppState>,
+    handshake: Handshake,
+    tags: Tags,
+    envelope: bool,
+    _slot: Slot,
+) {
+    let (queue, queue_rx) = mpsc::channel(state.config.queue_size);
+    let conn = Arc::new(Connection {
+        id: state.registry.next_id(),
+        envelope,
+        queue,
+        closer: Closer::default(),
+        handshake,
+    });
+    tracing::debug!(connection = conn.id, peer = %conn.handshake.peer, tags = %tags.to_json(), envelope, "connection opened");
+    if !state.registry.register(conn.clone(), tags) {
+        conn.closer
+            .close(crate::close::GOING_AWAY, "server shutting down");
+    }
+    let (sink, stream) = socket.split();
+    crate::connection::run(sink, stream, conn.clone(), queue_rx, state.router.clone()).await;
+    state.registry.unregister(&conn);
+    tracing::debug!(connection = conn.id, "connection closed");
+}

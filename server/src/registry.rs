@@ -1,0 +1,174 @@
+//! Open connections, indexed by their tags, with handles to their outgoing queues.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use tagcast::{Tags, TagsTree};
+use tokio::sync::mpsc;
+
+use crate::auth::Handshake;
+use crate::close::{Closer, GOING_AWAY, POLICY_VIOLATION, SLOW_CONSUMER};
+
+/// What the router needs of one open connection.
+#[derive(Debug)]
+pub struct Connection {
+    /// Unique for the life of the server; the identity of the connection in the index.
+    pub id: u64,
+    /// Whether it speaks `tagcast.v1` (envelope frames) or raw frames.
+    pub envelope: bool,
+    /// Its bounded outgoing queue; a full queue means a slow consumer.
+    pub queue: mpsc::Sender<Message>,
+    /// Closes it (first reason wins).
+    pub closer: Closer,
+    /// What it showed at the handshake, for `AuthManager::authorize_send`.
+    pub handshake: Handshake,
+}
+
+impl Connection {
+    /// Queues a frame without waiting. A full queue closes the connection as a slow consumer.
+    /// Returns whether the frame was queued.
+    pub fn offer(&self, frame: Message) -> bool {
+        if self.closer.closing().is_some() {
+            return false;
+        }
+        match self.queue.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.closer.close(POLICY_VIOLATION, SLOW_CONSUMER) {
+                    tracing::info!(connection = self.id, "slow consumer: queue full, closing");
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// A connection as a key of the tag index: identity is the connection id.
+#[derive(Debug, Clone)]
+struct Key(Arc<Connection>);
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+impl Eq for Key {}
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state)
+    }
+}
+
+/// The open connections.
+///
+/// The index sits behind a `std::sync::RwLock`, not a tokio lock: nothing awaits while holding
+/// it, and delivering only does `try_send` into queues, never socket I/O.
+#[derive(Debug, Default)]
+pub struct Registry {
+    index: RwLock<TagsTree<Key>>,
+    next_id: AtomicU64,
+    /// Open WebSocket connections plus handshakes that reserved a slot (`--max-connections`).
+    slots: AtomicUsize,
+    /// Set at shutdown: connections that finish their handshake afterwards close at once.
+    shutting_down: AtomicBool,
+}
+
+/// A reserved connection slot, released when dropped (also when an upgrade never completes).
+#[derive(Debug)]
+pub struct Slot(Arc<Registry>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Registry {
+    /// Reserves a slot for a new connection unless `max` are taken.
+    pub fn reserve(self: &Arc<Self>, max: Option<usize>) -> Option<Slot> {
+        let max = max.unwrap_or(usize::MAX);
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    /// A fresh connection id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a connection to the index. Returns `false` (and adds nothing) during shutdown.
+    pub fn register(&self, connection: Arc<Connection>, tags: Tags) -> bool {
+        let mut index = self.write();
+        if self.shutting_down.load(Ordering::Acquire) {
+            return false;
+        }
+        index.add(Key(connection), tags);
+        true
+    }
+
+    /// Removes a connection from the index.
+    pub fn unregister(&self, connection: &Arc<Connection>) {
+        self.write().delete(&Key(connection.clone()));
+    }
+
+    /// How many connections are in the index.
+    pub fn len(&self) -> usize {
+        self.read().count()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Offers a delivery to every connection whose tags contain `tags`: raw connections get
+    /// `raw`, envelope connections the frame `envelope` builds (at most once). Returns how many
+    /// queued it.
+    pub fn deliver(
+        &self,
+        tags: &Tags,
+        raw: &Utf8Bytes,
+        envelope: impl FnOnce() -> Utf8Bytes,
+    ) -> u64 {
+        let mut envelope = Some(envelope);
+        let mut envelope_frame: Option<Utf8Bytes> = None;
+        let mut delivered = 0;
+        self.read().for_each_match(tags, |Key(conn)| {
+            let frame = if conn.envelope {
+                envelope_frame
+                    .get_or_insert_with(|| (envelope.take().expect("built once"))())
+                    .clone()
+            } else {
+                raw.clone()
+            };
+            if conn.offer(Message::Text(frame)) {
+                delivered += 1;
+            }
+        });
+        delivered
+    }
+
+    /// Closes every connection with 1001 and refuses new ones: the start of a shutdown.
+    pub fn close_all(&self) {
+        let index = self.write();
+        self.shutting_down.store(true, Ordering::Release);
+        index.for_each_match(&Tags::new(), |Key(conn)| {
+            conn.closer.close(GOING_AWAY, "server shutting down");
+        });
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, TagsTree<Key>> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, TagsTree<Key>> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
