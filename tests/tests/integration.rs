@@ -1,1 +1,15 @@
+//! Tagcast integration tests: one binary, a module per area (ripgrep's layout). Every test runs
+//! a real server on 127.0.0.1 with an OS-picked port and talks to it over real sockets.
 
+mod it {
+    pub mod util;
+
+    mod auth;
+    mod cli;
+    mod envelope;
+    mod lifecycle;
+    mod limits;
+    mod payload;
+    mod routing;
+    mod validation;
+}
