@@ -213,11 +213,17 @@ enum Command {
 /// A connection to a Tagcast server: sends requests and returns their acknowledged delivered
 /// count, and receives the messages routed to its tags.
 ///
-/// ```no_run
+/// ```
 /// use tagcast::{Tags, WebSocketClient, WebSocketRequest};
 ///
-/// # async fn demo() -> Result<(), tagcast::Error> {
-/// let client = WebSocketClient::builder("ws://localhost:8080")
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let url = format!("ws://{}", listener.local_addr()?);
+/// # let server = tagcast_server::Server::builder().build()?;
+/// # tokio::spawn(server.run(listener, std::future::pending()));
+/// // url is "ws://127.0.0.1:PORT" of a running `tagcast serve`
+/// let client = WebSocketClient::builder(url)
 ///     .tags(Tags::new().with("language", "FR"))
 ///     .connect()
 ///     .await?;
@@ -227,6 +233,7 @@ enum Command {
 /// assert_eq!(delivered, 1); // this very connection is French too
 /// let received = client.recv().await.unwrap();
 /// assert_eq!(received.message, "Bonjour !");
+/// assert_eq!(received.tags, Tags::new().with("language", "FR"));
 /// client.close().await;
 /// # Ok(()) }
 /// ```

@@ -15,7 +15,9 @@ impl AuthManager for LoopbackWithToken {
         if handshake.peer.ip().is_loopback() {
             Ok(())
         } else {
-            Err(Denied("connections are accepted from this machine only".into()))
+            Err(Denied(
+                "connections are accepted from this machine only".into(),
+            ))
         }
     }
 

@@ -8,23 +8,7 @@
 //! [`registry`] (open connections by tags), [`router`] (parse, authorize, deliver),
 //! [`connection`] (reader and writer loops, close codes in [`close`]), [`http`] (axum routes).
 //!
-//! ```
-//! use std::future::Future;
-//! use tagcast_server::{Config, Server};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let server = Server::builder()
-//!     .config(Config::default())
-//!     .message_parser(tagcast::JsonParser)
-//!     .build()?;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! let running = tokio::spawn(server.run(listener, async { let _ = stopped.await; }));
-//! stop.send(()).unwrap();
-//! running.await??;
-//! # Ok(()) }
-//! ```
+//! [`Server::builder`] is the entry point.
 
 pub mod auth;
 pub mod close;
@@ -163,7 +147,33 @@ fn load_schema(path: &std::path::Path) -> Result<SchemaParser, ConfigError> {
 }
 
 impl Server {
-    /// Starts building a server.
+    /// Starts building a server: give it a [`Config`], and optionally your own message parser
+    /// or auth manager, then [`run`](Server::run) it on a listener until a shutdown future ends.
+    ///
+    /// ```
+    /// use tagcast::{Tags, WebSocketClient, WebSocketRequest};
+    /// use tagcast_server::{Config, MessageMode, Server};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::builder()
+    ///     .config(Config { messages: MessageMode::Json, ..Config::default() })
+    ///     .message_parser(tagcast::JsonParser) // or your own MessageParser
+    ///     .build()?;
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let url = format!("ws://{}", listener.local_addr()?);
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let running = tokio::spawn(server.run(listener, async { let _ = stopped.await; }));
+    ///
+    /// let client = WebSocketClient::connect(url, Tags::new().with("user", 42)).await?;
+    /// let request = WebSocketRequest::new(serde_json::json!({"text": "hi"}))
+    ///     .with_tags(Tags::new().with("user", "42"));
+    /// assert_eq!(client.send(request).await?, 1);
+    ///
+    /// stop.send(()).unwrap(); // closes every connection with 1001
+    /// running.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
     }

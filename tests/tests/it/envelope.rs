@@ -13,8 +13,15 @@ async fn deliveries_carry_the_request_tags_and_acks_count_recipients() {
     let mut sender = envelope(&server.url).await;
     server.wait_connections(3).await;
 
-    send_text(&mut sender, r#"{"id":7,"message":"Bonjour","tags":{"language":"FR"}}"#).await;
-    assert_eq!(recv_json(&mut sender).await, json!({"type":"ack","id":7,"delivered":2}));
+    send_text(
+        &mut sender,
+        r#"{"id":7,"message":"Bonjour","tags":{"language":"FR"}}"#,
+    )
+    .await;
+    assert_eq!(
+        recv_json(&mut sender).await,
+        json!({"type":"ack","id":7,"delivered":2})
+    );
     assert_eq!(
         recv_json(&mut env_fr).await,
         json!({"type":"message","message":"Bonjour","tags":{"language":"FR"}})
@@ -22,8 +29,15 @@ async fn deliveries_carry_the_request_tags_and_acks_count_recipients() {
     assert_eq!(recv_text(&mut raw_fr).await, r#""Bonjour""#);
 
     // String ids are echoed; no id, no ack.
-    send_text(&mut sender, r#"{"id":"abc","message":"x","tags":{"language":"EN"}}"#).await;
-    assert_eq!(recv_json(&mut sender).await, json!({"type":"ack","id":"abc","delivered":0}));
+    send_text(
+        &mut sender,
+        r#"{"id":"abc","message":"x","tags":{"language":"EN"}}"#,
+    )
+    .await;
+    assert_eq!(
+        recv_json(&mut sender).await,
+        json!({"type":"ack","id":"abc","delivered":0})
+    );
     send_text(&mut sender, r#"{"message":"x","tags":{"language":"EN"}}"#).await;
     assert_silent(&mut sender).await;
 }
@@ -48,7 +62,7 @@ async fn errors_are_frames_and_the_connection_stays_open() {
         assert!(!error["error"].as_str().unwrap().is_empty());
     }
     send_text(&mut ws, r#"{"id":5,"message":"still open"}"#).await;
-    let mut got = vec![recv_json(&mut ws).await, recv_json(&mut ws).await];
+    let mut got = [recv_json(&mut ws).await, recv_json(&mut ws).await];
     got.sort_by_key(|v| v["type"].as_str().unwrap().to_owned());
     assert_eq!(got[0], json!({"type":"ack","id":5,"delivered":1}));
     assert_eq!(got[1]["message"], "still open");
