@@ -162,18 +162,24 @@ where
             frame = queue.recv() => frame,
         };
         let Some(first) = first else { break };
-        let mut batch_ok = sink.feed(first).await.is_ok();
-        let mut taken = 1;
-        while batch_ok && taken < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(frame) => {
-                    batch_ok = sink.feed(frame).await.is_ok();
-                    taken += 1;
-                }
-                Err(_) => break,
+        let batch = async {
+            sink.feed(first).await?;
+            let mut taken = 1;
+            while taken < MAX_BATCH {
+                let Ok(frame) = queue.try_recv() else { break };
+                sink.feed(frame).await?;
+                taken += 1;
             }
-        }
-        if !batch_ok || sink.flush().await.is_err() {
+            sink.flush().await
+        };
+        // A peer that stops reading blocks the write: a close decided meanwhile (slow consumer,
+        // shutdown) must still end the connection by its deadline.
+        let written = tokio::select! {
+            biased;
+            _ = closer.wait() => break,
+            written = batch => written,
+        };
+        if written.is_err() {
             closer.close_silently();
             return;
         }

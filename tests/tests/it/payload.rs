@@ -45,7 +45,10 @@ async fn json_mode_forwards_any_value_compactly() {
     .await;
     let mut r = raw(&server.url).await;
     for (sent, got) in [
-        (r#"{"b": 1, "a": [true, null]}"#, r#"{"b":1,"a":[true,null]}"#),
+        (
+            r#"{"b": 1, "a": [true, null]}"#,
+            r#"{"b":1,"a":[true,null]}"#,
+        ),
         ("42", "42"),
         (r#""text""#, r#""text""#),
         ("false", "false"),
@@ -73,7 +76,10 @@ async fn a_schema_refuses_invalid_messages_naming_the_path() {
     send_text(&mut bad, r#"{"id":"s","message":{"text":5}}"#).await;
     let error = recv_json(&mut bad).await;
     assert_eq!(error["code"], "bad_request");
-    assert!(error["error"].as_str().unwrap().contains("message/text"), "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("message/text"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -121,7 +127,9 @@ async fn binary_frames_are_refused_like_invalid_requests() {
     use futures_util::SinkExt;
     let server = TestServer::start().await;
     let mut r = raw(&server.url).await;
-    r.send(Message::binary(b"{\"message\":\"x\"}".to_vec())).await.unwrap();
+    r.send(Message::binary(b"{\"message\":\"x\"}".to_vec()))
+        .await
+        .unwrap();
     assert_eq!(recv_close(&mut r).await.0, 1007);
     let mut e = envelope(&server.url).await;
     e.send(Message::binary(b"x".to_vec())).await.unwrap();

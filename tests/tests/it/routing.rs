@@ -13,7 +13,11 @@ async fn a_message_reaches_exactly_the_matching_connections() {
     let mut sender = raw(&server.url_with_tags(r#"{"role":"backend"}"#)).await;
     server.wait_connections(5).await;
 
-    send_text(&mut sender, r#"{"message":"Bonjour","tags":{"language":"FR"}}"#).await;
+    send_text(
+        &mut sender,
+        r#"{"message":"Bonjour","tags":{"language":"FR"}}"#,
+    )
+    .await;
     assert_eq!(recv_text(&mut fr).await, r#""Bonjour""#);
     assert_eq!(recv_text(&mut fr_user).await, r#""Bonjour""#);
     assert_silent(&mut en).await;
@@ -21,7 +25,11 @@ async fn a_message_reaches_exactly_the_matching_connections() {
     assert_silent(&mut sender).await;
 
     // AND: both pairs must match.
-    send_text(&mut sender, r#"{"message":"Salut 42","tags":{"language":"FR","user":"42"}}"#).await;
+    send_text(
+        &mut sender,
+        r#"{"message":"Salut 42","tags":{"language":"FR","user":"42"}}"#,
+    )
+    .await;
     assert_eq!(recv_text(&mut fr_user).await, r#""Salut 42""#);
     assert_silent(&mut fr).await;
 }
@@ -38,7 +46,11 @@ async fn empty_tags_reach_everyone_including_the_sender() {
         };
         send_text(&mut b, &frame).await;
         assert_eq!(recv_text(&mut a).await, r#""all""#);
-        assert_eq!(recv_text(&mut b).await, r#""all""#, "the sender matches too");
+        assert_eq!(
+            recv_text(&mut b).await,
+            r#""all""#,
+            "the sender matches too"
+        );
     }
 }
 
@@ -69,7 +81,11 @@ async fn one_senders_requests_arrive_in_order() {
     server.wait_connections(3).await;
     const N: usize = 500;
     for i in 0..N {
-        send_text(&mut sender, &format!(r#"{{"message":"{i}","tags":{{"g":1}}}}"#)).await;
+        send_text(
+            &mut sender,
+            &format!(r#"{{"message":"{i}","tags":{{"g":1}}}}"#),
+        )
+        .await;
     }
     for r in [&mut r1, &mut r2] {
         for i in 0..N {
@@ -114,7 +130,10 @@ async fn the_sdk_client_sends_and_receives() {
     assert_eq!(received.message, "Bonjour");
     assert_eq!(received.tags, Tags::new().with("language", "FR"));
     // Default tags apply when the request has none.
-    assert_eq!(backend.send(WebSocketRequest::new("Hello")).await.unwrap(), 1);
+    assert_eq!(
+        backend.send(WebSocketRequest::new("Hello")).await.unwrap(),
+        1
+    );
     assert_eq!(recv_text(&mut en).await, r#""Hello""#);
     // An empty message is refused before the network.
     assert!(matches!(

@@ -120,9 +120,10 @@ pub async fn raw(url: &str) -> Ws {
 /// Opens an envelope-mode connection (`tagcast.v1`).
 pub async fn envelope(url: &str) -> Ws {
     let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("tagcast.v1"));
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("tagcast.v1"),
+    );
     let (ws, response) = tokio_tungstenite::connect_async(request)
         .await
         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
@@ -241,3 +242,148 @@ pub const AUTH_YAML: &str = "applications:
 ";
 pub const SECRET1: &str = "B4ajW3P7jfWEYPZsQV8mnteHg97G67uW";
 pub const SECRET2: &str = "33yLWdynhaqm9tYjDFKf8gB8zmAPKdDP";
+
+/// The HTTP status and body of a refused handshake made from a full request (custom headers).
+pub async fn refused_request(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> (u16, String) {
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => panic!("the handshake was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (response.status().as_u16(), body)
+        }
+        Err(e) => panic!("unexpected handshake error: {e}"),
+    }
+}
+
+/// A plain HTTP/1.1 answer read off a raw socket.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Header lines, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first value of a header (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `GET path` (plus `extra_headers`, each `Name: value\r\n`) over a raw TCP connection
+/// and reads one answer: its head, then `Content-Length` bytes, the chunks of a chunked body, or
+/// everything until the server closes (no HTTP client crate needed). Adds `Connection: close`
+/// unless `extra_headers` has its own `Connection`.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str, extra_headers: &str) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connection = if extra_headers.to_ascii_lowercase().contains("connection:") {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{connection}{extra_headers}\r\n");
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(answer) = parse_http_answer(&bytes, false) {
+                return answer;
+            }
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return parse_http_answer(&bytes, true).unwrap_or_else(|| {
+                    panic!("not an HTTP answer: {:?}", String::from_utf8_lossy(&bytes))
+                });
+            }
+            bytes.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("an HTTP answer within 5 s")
+}
+
+/// The answer in `bytes` once it is complete (`ended`: the server closed the connection).
+fn parse_http_answer(bytes: &[u8], ended: bool) -> Option<HttpAnswer> {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect::<Vec<_>>();
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let body = if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if body.len() < len {
+            return None;
+        }
+        body[..len].to_owned()
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        if !body.contains("0\r\n\r\n") && !ended {
+            return None;
+        }
+        dechunk(body)
+    } else if ended {
+        body.to_owned()
+    } else {
+        return None;
+    };
+    Some(HttpAnswer {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Reads until the connection ends or a close frame arrives, skipping data frames; returns the
+/// close frame's code and reason if one came. Panics if neither happens within `limit`.
+pub async fn drain_until_end(ws: &mut Ws, limit: Duration) -> Option<(u16, String)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("the connection ends in time");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return Some((u16::from(frame.code), frame.reason.as_str().to_owned()))
+            }
+            Some(Ok(Message::Close(None))) => {
+                return Some((u16::from(CloseCode::Status), String::new()))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}

@@ -27,7 +27,8 @@ async fn bad_handshake_tags_answer_400_naming_the_problem() {
     let (status, _) = refused(&server.url_with_tags(&format!(r#"{{"{long_name}":1}}"#))).await;
     assert_eq!(status, 400);
     let long_value = "v".repeat(257);
-    let (status, body) = refused(&server.url_with_tags(&format!(r#"{{"k":"{long_value}"}}"#))).await;
+    let (status, body) =
+        refused(&server.url_with_tags(&format!(r#"{{"k":"{long_value}"}}"#))).await;
     assert_eq!(status, 400);
     assert!(body.contains("\"k\""), "{body}");
 }
@@ -59,12 +60,19 @@ async fn valid_edge_tags_open() {
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
     let mut buf = [0u8; 256];
-    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
     server.wait_connections(1).await;
     let mut sender = envelope(&server.url).await;
-    send_text(&mut sender, r#"{"id":1,"message":"m","tags":{"language":"FR"}}"#).await;
+    send_text(
+        &mut sender,
+        r#"{"id":1,"message":"m","tags":{"language":"FR"}}"#,
+    )
+    .await;
     assert_eq!(recv_json(&mut sender).await["delivered"], 1);
 }
 
@@ -79,7 +87,10 @@ async fn bad_requests_close_raw_senders_with_1007_naming_the_problem() {
     let server = TestServer::start().await;
     for (frame, needle) in [
         (r#"{"tags":{}}"#, "The 'message' property is mandatory !"),
-        (r#"{"message":null}"#, "The 'message' property is mandatory !"),
+        (
+            r#"{"message":null}"#,
+            "The 'message' property is mandatory !",
+        ),
         (r#"{"message":"x","color":"red"}"#, "'color'"),
         (r#"{"message":"x","id":1}"#, "'id'"),
         (r#"{"message":"x","tags":{"lang":false}}"#, "\"lang\""),
@@ -101,5 +112,8 @@ async fn a_long_error_is_cut_to_fit_the_close_reason() {
     let name = "p".repeat(300);
     let (code, reason) = closed_with(&server, &format!(r#"{{"message":"x","{name}":1}}"#)).await;
     assert_eq!(code, 1007);
-    assert!(reason.len() <= 123 && reason.contains("unknown property"), "{reason}");
+    assert!(
+        reason.len() <= 123 && reason.contains("unknown property"),
+        "{reason}"
+    );
 }

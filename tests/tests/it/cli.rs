@@ -1,0 +1,498 @@
+//! The `tagcast` binary (PROTOCOL.md §9): `serve`, `send` and `listen` as a user runs them.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use super::util::*;
+
+/// How long a child process may take to start, answer or exit.
+const PROCESS_WAIT: Duration = Duration::from_secs(15);
+
+/// Variables of the binary that must not leak in from the environment running the tests.
+const CLEARED_ENV: &[&str] = &[
+    "RUST_LOG",
+    "TAGCAST_URL",
+    "TAGCAST_HOST",
+    "TAGCAST_PORT",
+    "TAGCAST_MESSAGES",
+    "TAGCAST_MESSAGE_SCHEMA",
+    "TAGCAST_AUTH",
+    "TAGCAST_AUTHORIZE_OPEN",
+    "TAGCAST_QUEUE_SIZE",
+    "TAGCAST_MAX_MESSAGE_BYTES",
+    "TAGCAST_MAX_CONNECTIONS",
+    "TAGCAST_MAX_TAGS",
+];
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(tagcast_bin());
+    command.args(args).kill_on_drop(true);
+    for name in CLEARED_ENV {
+        command.env_remove(name);
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+}
+
+/// A running child: its output lines arrive on channels and the whole stderr is kept.
+/// Dropping it kills the process.
+struct Running {
+    child: Child,
+    stdout: mpsc::UnboundedReceiver<String>,
+    stderr: mpsc::UnboundedReceiver<String>,
+    stderr_log: Arc<Mutex<String>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn lines<R>(reader: R, log: Option<Arc<Mutex<String>>>) -> mpsc::UnboundedReceiver<String>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(log) = &log {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut child = command(args, env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tagcast");
+    let stderr_log = Arc::new(Mutex::new(String::new()));
+    let stdout = lines(child.stdout.take().unwrap(), None);
+    let stderr = lines(child.stderr.take().unwrap(), Some(stderr_log.clone()));
+    Running {
+        child,
+        stdout,
+        stderr,
+        stderr_log,
+    }
+}
+
+impl Running {
+    /// The first stderr line containing `needle` (earlier lines are skipped).
+    async fn stderr_line_with(&mut self, needle: &str) -> String {
+        let wait = async {
+            while let Some(line) = self.stderr.recv().await {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!(
+                "stderr ended without {needle:?}: {}",
+                self.stderr_log.lock().unwrap()
+            );
+        };
+        match tokio::time::timeout(PROCESS_WAIT, wait).await {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "no stderr line with {needle:?} in time: {}",
+                self.stderr_log.lock().unwrap()
+            ),
+        }
+    }
+
+    async fn next_stdout_line(&mut self) -> String {
+        tokio::time::timeout(PROCESS_WAIT, self.stdout.recv())
+            .await
+            .expect("a stdout line in time")
+            .expect("stdout still open")
+    }
+
+    async fn assert_no_stdout_line(&mut self) {
+        if let Ok(line) = tokio::time::timeout(QUIET, self.stdout.recv()).await {
+            panic!("expected no output, got {line:?}");
+        }
+    }
+
+    async fn exit_status(&mut self) -> ExitStatus {
+        tokio::time::timeout(PROCESS_WAIT, self.child.wait())
+            .await
+            .expect("the process exits in time")
+            .unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
+    /// Sends SIGTERM through `kill(1)`.
+    fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// The whole stderr once the process has exited and its pipe is drained.
+    async fn stderr_after_exit(&mut self) -> String {
+        self.exit_status().await;
+        // The reader task ends with the pipe; wait for it.
+        let _ = tokio::time::timeout(PROCESS_WAIT, async {
+            while self.stderr.recv().await.is_some() {}
+        })
+        .await;
+        self.stderr_log.lock().unwrap().clone()
+    }
+}
+
+/// Runs a short command to its end; returns exit status, stdout and stderr.
+async fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let output = command(args, env).stdin(Stdio::null()).output();
+    let output = tokio::time::timeout(PROCESS_WAIT, output)
+        .await
+        .unwrap_or_else(|_| panic!("tagcast {args:?} did not finish in time"))
+        .expect("run tagcast");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A `tagcast serve` on 127.0.0.1 with an OS-picked port.
+struct Serve {
+    process: Running,
+    port: u16,
+}
+
+impl Serve {
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The port of the `listening on 127.0.0.1:PORT` line.
+async fn listening_port(process: &mut Running) -> u16 {
+    let line = process.stderr_line_with("listening on").await;
+    let address = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let address: std::net::SocketAddr = address
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+    assert_eq!(address.ip().to_string(), "127.0.0.1", "{line}");
+    assert_ne!(address.port(), 0, "{line}");
+    address.port()
+}
+
+async fn serve(extra: &[&str], env: &[(&str, &str)]) -> Serve {
+    let mut args = vec!["serve", "--host", "127.0.0.1", "--port", "0"];
+    args.extend_from_slice(extra);
+    let mut process = spawn(&args, env);
+    let port = listening_port(&mut process).await;
+    Serve { process, port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_where_it_listens_and_answers_healthz() {
+    let server = serve(&[], &[]).await;
+    let addr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let answer = http_get(addr, "/healthz", "").await;
+    assert_eq!((answer.status, answer.body.trim()), (200, "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_frames_and_send_prints_delivered() {
+    let server = serve(&[], &[]).await;
+    let mut fr = spawn(
+        &[
+            "listen",
+            "--url",
+            &server.url(),
+            "--tags",
+            r#"{"language":"FR"}"#,
+        ],
+        &[],
+    );
+    fr.stderr_line_with("connected").await;
+    let mut en = raw(&format!(
+        "{}/?tags={}",
+        server.url(),
+        encode(r#"{"language":"EN"}"#)
+    ))
+    .await;
+
+    let (status, stdout, stderr) = run(
+        &[
+            "send",
+            "--url",
+            &server.url(),
+            "--tags",
+            r#"{"language":"FR"}"#,
+            "Bonjour",
+        ],
+        &[],
+    )
+    .await;
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stdout.trim(), "delivered 1");
+    assert_eq!(fr.next_stdout_line().await, r#""Bonjour""#);
+    assert_silent(&mut en).await;
+
+    // In JSON mode a structured message is printed as the frame's JSON text.
+    let (status, _, stderr) = run(
+        &["send", "--url", &server.url(), "--json", r#""Salut""#],
+        &[],
+    )
+    .await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(fr.next_stdout_line().await, r#""Salut""#);
+    fr.assert_no_stdout_line().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_reports_the_servers_refusal_and_exits_1() {
+    let server = serve(&[], &[]).await; // string mode
+    let (status, stdout, stderr) = run(
+        &["send", "--url", &server.url(), "--json", r#"{"a":1}"#],
+        &[],
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "stdout: {stdout} stderr: {stderr}");
+    assert!(!stdout.contains("delivered"), "{stdout}");
+    assert!(
+        stderr.contains("The 'message' property is not a string"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_mode_delivers_structured_messages() {
+    let server = serve(&["--messages", "json"], &[]).await;
+    let mut r = raw(&server.url()).await;
+    let (status, stdout, stderr) = run(
+        &["send", "--url", &server.url(), "--json", r#"{"a":1}"#],
+        &[],
+    )
+    .await;
+    assert!(status.success(), "{stderr}");
+    // Empty tags reach everyone: `r` and the sending connection itself.
+    assert_eq!(stdout.trim(), "delivered 2");
+    assert_eq!(recv_text(&mut r).await, r#"{"a":1}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagcast_url_is_read_and_a_flag_wins_over_it() {
+    let server = serve(&[], &[]).await;
+    let url = server.url();
+    let mut listener = spawn(&["listen"], &[("TAGCAST_URL", &url)]);
+    listener.stderr_line_with("connected").await;
+
+    let (status, stdout, stderr) =
+        run(&["send", "from the variable"], &[("TAGCAST_URL", &url)]).await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "delivered 2");
+    assert_eq!(listener.next_stdout_line().await, r#""from the variable""#);
+
+    // A URL where nothing listens in the variable, the right one in the flag.
+    let (status, stdout, stderr) = run(
+        &["send", "--url", &url, "from the flag"],
+        &[("TAGCAST_URL", "ws://127.0.0.1:1")],
+    )
+    .await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "delivered 2");
+    assert_eq!(listener.next_stdout_line().await, r#""from the flag""#);
+
+    // And the variable alone, pointing nowhere, fails.
+    let (status, _, stderr) = run(&["send", "lost"], &[("TAGCAST_URL", "ws://127.0.0.1:1")]).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagcast_port_is_read_and_a_flag_wins_over_it() {
+    // The variable alone: port 0 instead of the default 8080.
+    let mut process = spawn(
+        &["serve"],
+        &[("TAGCAST_HOST", "127.0.0.1"), ("TAGCAST_PORT", "0")],
+    );
+    let port = listening_port(&mut process).await;
+    assert_ne!(port, 8080);
+    drop(process);
+
+    // A bad variable is read (and refused)...
+    let (status, _, stderr) = run(
+        &["serve", "--host", "127.0.0.1"],
+        &[("TAGCAST_PORT", "notanumber")],
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("notanumber"), "{stderr}");
+    // ...unless the flag overrides it.
+    let server = serve(&[], &[("TAGCAST_PORT", "notanumber")]).await;
+    let _ws = raw(&server.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_auth_file_exits_2_with_one_line_naming_it() {
+    let path = std::env::temp_dir().join("tagcast-tests-missing-dir/nonexistent.yml");
+    let path = path.to_str().unwrap();
+    let (status, stdout, stderr) = run(
+        &[
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--auth",
+            path,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains(path), "{stderr}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_auth_file_exits_2_naming_the_application() {
+    let file = temp_file(
+        "auth.yml",
+        "applications:\n  - key: a\n    secret: s\n    authorizeOpen: true\n  - key: b\n    authorizeOpen: true\n",
+    );
+    let file = file.to_str().unwrap();
+    let (status, _, stderr) = run(
+        &[
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--auth",
+            file,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(file) && stderr.contains("application 2"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_port_flag_exits_2() {
+    let (status, _, stderr) = run(
+        &["serve", "--host", "127.0.0.1", "--port", "notanumber"],
+        &[],
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let first = stderr
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    assert!(
+        first.contains("notanumber") && first.contains("port"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_connections_with_1001_and_exits_0() {
+    let mut server = serve(&[], &[]).await;
+    let mut a = raw(&server.url()).await;
+    let mut b = envelope(&server.url()).await;
+    // Both are registered once a message reaches both.
+    send_text(&mut b, r#"{"id":1,"message":"ready"}"#).await;
+    assert_eq!(recv_text(&mut a).await, r#""ready""#);
+
+    server.process.terminate();
+    assert_eq!(recv_close(&mut a).await.0, 1001);
+    assert_eq!(recv_close(&mut b).await.0, 1001);
+    let status = server.process.exit_status().await;
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_log() {
+    let auth = temp_file("auth.yml", AUTH_YAML);
+    let mut server = serve(
+        &[
+            "--auth",
+            auth.to_str().unwrap(),
+            "--authorize-open",
+            "false",
+        ],
+        &[("RUST_LOG", "trace")],
+    )
+    .await;
+    let base = server.url();
+
+    // Opening with the key and secret in the query; sending with them in metadata.
+    let mut client = raw(&format!(
+        "{base}/?key=application2&secret={SECRET2}&tags={}",
+        encode(r#"{"language":"FR"}"#)
+    ))
+    .await;
+    let request = serde_json::json!({
+        "message": "Bonjour",
+        "tags": {"language": "FR"},
+        "metadata": {"key": "application2", "secret": SECRET2},
+    });
+    send_text(&mut client, &request.to_string()).await;
+    assert_eq!(recv_text(&mut client).await, r#""Bonjour""#);
+
+    // Refusals carrying a wrong (but real) secret are logged too.
+    let (status, _) = refused(&format!("{base}/?key=application2&secret={SECRET1}")).await;
+    assert_eq!(status, 401);
+    let mut other = envelope(&format!("{base}/?key=application1&secret={SECRET1}")).await;
+    send_text(
+        &mut other,
+        &serde_json::json!({
+            "id": 1,
+            "message": "x",
+            "metadata": {"key": "application2", "secret": SECRET1},
+        })
+        .to_string(),
+    )
+    .await;
+    assert_eq!(recv_json(&mut other).await["code"], "unauthorized");
+
+    server.process.terminate();
+    assert_eq!(recv_close(&mut client).await.0, 1001);
+    let log = server.process.stderr_after_exit().await;
+    assert!(log.contains("listening on"), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("TRACE")),
+        "RUST_LOG=trace gives trace lines: {log}"
+    );
+    assert!(
+        log.lines().filter(|l| l.contains("DEBUG")).count() >= 3,
+        "connections and requests are logged at debug level: {log}"
+    );
+    assert!(!log.contains(SECRET2), "SECRET2 in the log:\n{log}");
+    assert!(!log.contains(SECRET1), "SECRET1 in the log:\n{log}");
+}

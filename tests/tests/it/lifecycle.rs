@@ -1,0 +1,128 @@
+//! Lifecycle: shutdown closes with 1001, disconnections leave the registry, the plain-HTTP
+//! answers of §2 and §7, and a client-initiated close.
+
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use super::util::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_closes_every_connection_with_1001() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let registry = server.registry.clone();
+    let mut a = raw(&server.url).await;
+    let mut b = envelope(&server.url).await;
+    let mut c = raw(&server.url_with_tags(r#"{"language":"FR"}"#)).await;
+    server.wait_connections(3).await;
+
+    let stopping = tokio::spawn(server.stop());
+    for ws in [&mut a, &mut b, &mut c] {
+        assert_eq!(recv_close(ws).await.0, 1001);
+    }
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the server stops once its clients answered")
+        .unwrap();
+    assert_eq!(registry.len(), 0);
+    // Nobody listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queued_before_a_stop_are_still_delivered() {
+    let server = TestServer::start().await;
+    let mut receiver = raw(&server.url).await;
+    let mut sender = envelope(&server.url_with_tags(r#"{"role":"sender"}"#)).await;
+    server.wait_connections(2).await;
+    send_text(&mut sender, r#"{"id":1,"message":"last words","tags":{}}"#).await;
+    // The ack comes after routing: the message is queued for `receiver`.
+    let frames = [recv_json(&mut sender).await, recv_json(&mut sender).await];
+    assert!(frames.iter().any(|f| f["type"] == "ack"), "{frames:?}");
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(recv_text(&mut receiver).await, r#""last words""#);
+    assert_eq!(recv_close(&mut receiver).await.0, 1001);
+    assert_eq!(recv_close(&mut sender).await.0, 1001);
+    tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_returns_to_zero_once_every_client_is_gone() {
+    let server = TestServer::start().await;
+    let abrupt = raw(&server.url).await;
+    let mut polite = raw(&server.url_with_tags(r#"{"a":1}"#)).await;
+    let sdk = tagcast::WebSocketClient::connect(server.url.clone(), tagcast::Tags::new())
+        .await
+        .unwrap();
+    let mut env = envelope(&server.url).await;
+    server.wait_connections(4).await;
+
+    drop(abrupt); // TCP closed without a close frame
+    server.wait_connections(3).await;
+    polite.close(None).await.unwrap();
+    drain_until_end(&mut polite, WAIT).await;
+    sdk.close().await;
+    env.close(None).await.unwrap();
+    drain_until_end(&mut env, WAIT).await;
+    server.wait_connections(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_answered_and_the_client_removed() {
+    let server = TestServer::start().await;
+    let mut leaving = raw(&server.url).await;
+    let mut staying = raw(&server.url).await;
+    server.wait_connections(2).await;
+
+    leaving
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+    let answer = drain_until_end(&mut leaving, WAIT).await;
+    assert_eq!(
+        answer.map(|(code, _)| code),
+        Some(1000),
+        "the server answers the close"
+    );
+    server.wait_connections(1).await;
+
+    // The one staying is unaffected, and messages no longer go to the one that left.
+    send_text(&mut staying, r#"{"message":"still here"}"#).await;
+    assert_eq!(recv_text(&mut staying).await, r#""still here""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_get_answers_426_with_how_to_connect() {
+    let server = TestServer::start().await;
+    for path in ["/", "/anything?x=1"] {
+        let answer = http_get(server.addr, path, "").await;
+        assert_eq!(answer.status, 426, "{path}: {answer:?}");
+        assert!(
+            answer.body.contains("ws://"),
+            "the body says how to connect: {answer:?}"
+        );
+        assert!(
+            answer
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("text/plain")),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(
+        server.registry.len(),
+        0,
+        "HTTP requests are not connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_200_ok() {
+    let server = TestServer::start().await;
+    let answer = http_get(server.addr, "/healthz", "").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body.trim(), "ok");
+}

@@ -1,0 +1,269 @@
+//! Limits (PROTOCOL.md §8 and the handshake order of §2): connections, message size, tags,
+//! slow consumers.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use tagcast_server::Config;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+use super::util::*;
+
+/// Opens `url`, retrying briefly while the server still answers 503 (a slot is released a
+/// moment after the registry forgets a closed connection).
+async fn open_when_a_slot_frees(url: &str) -> Ws {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _)) => return ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status().as_u16() == 503 => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the freed slot never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("connect {url}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_answers_503_until_a_connection_closes() {
+    let server = TestServer::with_config(Config {
+        max_connections: Some(2),
+        ..Config::default()
+    })
+    .await;
+    let mut a = raw(&server.url).await;
+    let mut b = envelope(&server.url).await;
+    server.wait_connections(2).await;
+
+    let (status, body) = refused(&server.url).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(!body.trim().is_empty());
+    // Plain HTTP requests do not count and are still served.
+    let health = http_get(server.addr, "/healthz", "").await;
+    assert_eq!(health.status, 200, "{health:?}");
+
+    // Refused handshakes did not take a slot: the open ones still work.
+    send_text(&mut b, r#"{"id":1,"message":"still here"}"#).await;
+    assert_eq!(recv_text(&mut a).await, r#""still here""#);
+
+    a.close(None).await.unwrap();
+    drain_until_end(&mut a, WAIT).await;
+    server.wait_connections(1).await;
+    let mut c = open_when_a_slot_frees(&server.url).await;
+    server.wait_connections(2).await;
+    assert_eq!(refused(&server.url).await.0, 503);
+    send_text(&mut c, r#"{"message":"new one"}"#).await;
+    assert_eq!(recv_text(&mut c).await, r#""new one""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_is_checked_before_auth_and_auth_before_tags() {
+    let server = TestServer::with_config(Config {
+        max_connections: Some(1),
+        auth_file: Some(temp_file("auth.yml", AUTH_YAML)),
+        authorize_open: false,
+        ..Config::default()
+    })
+    .await;
+    let bad_tags = encode("not json");
+    let unauthorized_bad_tags = format!("{}/?tags={bad_tags}", server.url);
+    let authorized_bad_tags = format!("{}/?key=application1&tags={bad_tags}", server.url);
+
+    // A free slot: authorization comes before the tags, then the tags.
+    assert_eq!(refused(&unauthorized_bad_tags).await.0, 401);
+    let (status, body) = refused(&authorized_bad_tags).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("tags"), "the 400 names the problem: {body}");
+
+    // The only slot taken: 503 comes first whatever else is wrong.
+    let _open = raw(&format!("{}/?key=application1", server.url)).await;
+    server.wait_connections(1).await;
+    assert_eq!(refused(&unauthorized_bad_tags).await.0, 503);
+    assert_eq!(refused(&authorized_bad_tags).await.0, 503);
+    assert_eq!(refused(&server.url).await.0, 503);
+}
+
+/// `{"message":"xxx…"}` padded so that the frame is exactly `len` bytes.
+fn request_of_len(len: usize) -> String {
+    let overhead = r#"{"message":""}"#.len();
+    let frame = format!(r#"{{"message":"{}"}}"#, "x".repeat(len - overhead));
+    assert_eq!(frame.len(), len);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_exactly_max_message_bytes_is_accepted_one_more_closes_with_1009() {
+    const MAX: usize = 1000;
+    let server = TestServer::with_config(Config {
+        max_message_bytes: MAX,
+        ..Config::default()
+    })
+    .await;
+    let mut sender = raw(&server.url).await;
+    let mut other = raw(&server.url).await;
+    server.wait_connections(2).await;
+
+    let exact = request_of_len(MAX);
+    send_text(&mut sender, &exact).await;
+    let expected = format!("\"{}\"", "x".repeat(MAX - r#"{"message":""}"#.len()));
+    assert_eq!(recv_text(&mut sender).await, expected);
+    assert_eq!(recv_text(&mut other).await, expected);
+
+    send_text(&mut sender, &request_of_len(MAX + 1)).await;
+    assert_eq!(recv_close(&mut sender).await.0, 1009);
+    // Nobody else is affected.
+    assert_silent(&mut other).await;
+    server.wait_connections(1).await;
+    send_text(&mut other, r#"{"message":"fine"}"#).await;
+    assert_eq!(recv_text(&mut other).await, r#""fine""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_limit_applies_to_the_joined_fragments() {
+    const MAX: usize = 1000;
+    let server = TestServer::with_config(Config {
+        max_message_bytes: MAX,
+        ..Config::default()
+    })
+    .await;
+    let fragments = |text: &str| {
+        let (first, second) = text.as_bytes().split_at(text.len() / 2);
+        [
+            Message::Frame(Frame::message(
+                first.to_vec(),
+                OpCode::Data(Data::Text),
+                false,
+            )),
+            Message::Frame(Frame::message(
+                second.to_vec(),
+                OpCode::Data(Data::Continue),
+                true,
+            )),
+        ]
+    };
+
+    let mut ok = raw(&server.url).await;
+    for frame in fragments(&request_of_len(MAX)) {
+        ok.send(frame).await.unwrap();
+    }
+    assert_eq!(
+        recv_text(&mut ok).await.len(),
+        MAX - r#"{"message":}"#.len()
+    );
+
+    // Each fragment fits, the whole does not.
+    let mut over = raw(&server.url).await;
+    for frame in fragments(&request_of_len(MAX + 1)) {
+        over.send(frame).await.unwrap();
+    }
+    assert_eq!(recv_close(&mut over).await.0, 1009);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tags_bounds_connections_and_requests() {
+    let server = TestServer::with_config(Config {
+        max_tags: 2,
+        messages: tagcast_server::MessageMode::Json,
+        ..Config::default()
+    })
+    .await;
+    let (status, body) = refused(&server.url_with_tags(r#"{"a":1,"b":2,"c":3}"#)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("tags"), "{body}");
+
+    let mut two = raw(&server.url_with_tags(r#"{"a":1,"b":2}"#)).await;
+    let mut env = envelope(&server.url).await;
+    server.wait_connections(2).await;
+
+    send_text(&mut env, r#"{"id":"ok","message":1,"tags":{"a":1,"b":2}}"#).await;
+    assert_eq!(
+        recv_json(&mut env).await,
+        serde_json::json!({"type":"ack","id":"ok","delivered":1})
+    );
+    assert_eq!(recv_text(&mut two).await, "1");
+
+    send_text(
+        &mut env,
+        r#"{"id":"three","message":2,"tags":{"a":1,"b":2,"c":3}}"#,
+    )
+    .await;
+    let error = recv_json(&mut env).await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["id"], "three", "{error}");
+    assert_eq!(error["code"], "bad_request", "{error}");
+    assert_silent(&mut two).await;
+
+    send_text(&mut two, r#"{"message":3,"tags":{"a":1,"b":2,"c":3}}"#).await;
+    let (code, reason) = recv_close(&mut two).await;
+    assert_eq!(code, 1007);
+    assert!(reason.contains("tags"), "{reason}");
+    assert_silent(&mut env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_disconnected_and_nobody_else_waits() {
+    let server = TestServer::with_config(Config {
+        queue_size: 4,
+        ..Config::default()
+    })
+    .await;
+    let room = r#"{"room":1}"#;
+    // `slow` never reads until the end; `good` reads everything.
+    let mut slow = raw(&server.url_with_tags(room)).await;
+    let mut good = raw(&server.url_with_tags(room)).await;
+    let mut publisher = raw(&server.url).await;
+    server.wait_connections(3).await;
+
+    let padding = "x".repeat(32 * 1024);
+    let mut disconnected_at = None;
+    let mut sent = 0;
+    let started = tokio::time::Instant::now();
+    for i in 0..2000 {
+        let frame = format!(r#"{{"message":"{i} {padding}","tags":{{"room":1}}}}"#);
+        send_text(&mut publisher, &frame).await;
+        sent = i + 1;
+        // Lock step: `good` has its message before the next is sent, so its queue never fills.
+        let got = recv_text(&mut good).await;
+        assert!(
+            got.starts_with(&format!("\"{i} ")),
+            "message {i} out of order"
+        );
+        if disconnected_at.is_none() && server.registry.len() == 2 {
+            disconnected_at = Some(i);
+        }
+        if disconnected_at.is_some_and(|at| i >= at + 20) {
+            break;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the publisher was held up"
+    );
+
+    // The server drops the slow consumer within 5 s of deciding so, whether or not it reads.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while server.registry.len() != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after {sent} messages the slow consumer is still registered ({} connections)",
+            server.registry.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // What the slow client finds when it finally reads: its data, then a 1008 close or the end
+    // of the TCP connection.
+    if let Some((code, reason)) = drain_until_end(&mut slow, Duration::from_secs(10)).await {
+        assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
+    }
+
+    // The others are fine.
+    send_text(&mut publisher, r#"{"message":"after","tags":{"room":1}}"#).await;
+    assert_eq!(recv_text(&mut good).await, r#""after""#);
+    server.wait_connections(2).await;
+}
