@@ -418,6 +418,11 @@ async fn a_bad_port_flag_exits_2() {
         first.contains("notanumber") && first.contains("port"),
         "{stderr}"
     );
+    assert_eq!(
+        stderr.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "one line: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
