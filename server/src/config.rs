@@ -38,6 +38,8 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Most tags of a connection or a request (`--max-tags`).
     pub max_tags: usize,
+    /// A folder served on plain GET requests, `index.html` at `/` (`--static`).
+    pub static_dir: Option<PathBuf>,
 }
 
 /// Default outgoing queue length.
@@ -57,6 +59,7 @@ impl Default for Config {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_connections: None,
             max_tags: DEFAULT_MAX_TAGS,
+            static_dir: None,
         }
     }
 }

@@ -1,17 +1,19 @@
 //! The axum router: WebSocket upgrade (with the handshake rules of PROTOCOL.md §2), `/healthz`,
-//! and 426 for plain requests.
+//! the `--static` folder, and 426 for other plain requests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
 use tagcast::{Tags, SUBPROTOCOL};
 use tokio::sync::mpsc;
+use tower::ServiceExt;
 
 use crate::auth::Handshake;
 use crate::close::Closer;
@@ -51,22 +53,32 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
 async fn websocket_or_426(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Response {
-    let upgrade = match upgrade {
+    let (mut parts, body) = request.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(u) => u,
         Err(rejection) => {
-            let asks_upgrade = headers
+            let asks_upgrade = parts
+                .headers
                 .get(header::UPGRADE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
             if asks_upgrade {
                 return rejection.into_response();
             }
-            if method != Method::GET && method != Method::HEAD {
+            if let Some(files) = &state.static_files {
+                // ServeDir never lists directories and never leaves its folder.
+                return match files
+                    .clone()
+                    .oneshot(Request::from_parts(parts, body))
+                    .await
+                {
+                    Ok(response) => response.map(Body::new),
+                    Err(never) => match never {},
+                };
+            }
+            if parts.method != Method::GET && parts.method != Method::HEAD {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
             }
             let mut response = text(
@@ -80,6 +92,8 @@ async fn websocket_or_426(
             return response;
         }
     };
+    let uri = parts.uri;
+    let headers = parts.headers;
 
     // PROTOCOL.md §2: the connection limit, then authorization, then the tags.
     let Some(slot) = state.registry.reserve(state.config.max_connections) else {

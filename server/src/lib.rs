@@ -43,6 +43,8 @@ pub struct AppState {
     pub router: Arc<Router>,
     /// Authorization.
     pub auth: Arc<dyn AuthManager>,
+    /// The `--static` folder, served on plain GET requests.
+    pub static_files: Option<tower_http::services::ServeDir>,
 }
 
 /// A configured server, ready to [`run`](Server::run) on a listener.
@@ -123,12 +125,25 @@ impl ServerBuilder {
             auth: auth.clone(),
             max_tags: config.max_tags,
         });
+        let static_files = match &config.static_dir {
+            Some(dir) => {
+                if !dir.is_dir() {
+                    return Err(ConfigError::Invalid(format!(
+                        "--static {}: not a readable folder",
+                        dir.display()
+                    )));
+                }
+                Some(tower_http::services::ServeDir::new(dir))
+            }
+            None => None,
+        };
         Ok(Server {
             state: Arc::new(AppState {
                 config,
                 registry,
                 router,
                 auth,
+                static_files,
             }),
         })
     }

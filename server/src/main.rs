@@ -69,6 +69,9 @@ struct ServeArgs {
     /// Most tags of a connection or a request.
     #[arg(long, env = "TAGCAST_MAX_TAGS", default_value_t = tagcast::tags::DEFAULT_MAX_TAGS)]
     max_tags: usize,
+    /// Serve this folder on plain GET requests (index.html at /), e.g. the web demo.
+    #[arg(long = "static", env = "TAGCAST_STATIC", value_name = "DIR")]
+    static_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -87,6 +90,7 @@ impl ServeArgs {
             max_message_bytes: self.max_message_bytes,
             max_connections: self.max_connections,
             max_tags: self.max_tags,
+            static_dir: self.static_dir,
         }
     }
 }

@@ -11,5 +11,6 @@ mod it {
     mod limits;
     mod payload;
     mod routing;
+    mod static_files;
     mod validation;
 }
