@@ -264,10 +264,11 @@ pub struct TagcastClient {
 #[wasm_bindgen]
 pub async fn connect(
     url: String,
-    #[wasm_bindgen(unchecked_param_type = "Tags | undefined")] tags: JsValue,
-    #[wasm_bindgen(unchecked_param_type = "ConnectOptions | undefined")] options: JsValue,
+    #[wasm_bindgen(unchecked_param_type = "Tags")] tags: Option<JsValue>,
+    #[wasm_bindgen(unchecked_param_type = "ConnectOptions")] options: Option<JsValue>,
 ) -> Result<TagcastClient, JsValue> {
-    let tags = tags_from_js(&tags)?;
+    let tags = tags_from_js(&tags.unwrap_or(JsValue::UNDEFINED))?;
+    let options = options.unwrap_or(JsValue::UNDEFINED);
     let reconnect = option_field(&options, "reconnect")
         .as_bool()
         .unwrap_or(true);
@@ -516,10 +517,15 @@ impl TagcastClient {
     pub fn send(
         &self,
         #[wasm_bindgen(unchecked_param_type = "unknown")] message: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Tags | undefined")] tags: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Metadata | undefined")] metadata: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Tags")] tags: Option<JsValue>,
+        #[wasm_bindgen(unchecked_param_type = "Metadata")] metadata: Option<JsValue>,
     ) -> js_sys::Promise {
-        let prepared = self.prepare(&message, &tags, &metadata);
+        let none = JsValue::UNDEFINED;
+        let prepared = self.prepare(
+            &message,
+            tags.as_ref().unwrap_or(&none),
+            metadata.as_ref().unwrap_or(&none),
+        );
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let answer = prepared?;

@@ -1,0 +1,150 @@
+//! `tagcast-testbed`: a Tagcast server for browser tests, with a control port to stop and start
+//! it on the same address (for reconnect tests).
+//!
+//! Prints two lines on stdout, `server ws://127.0.0.1:PORT` and `control http://127.0.0.1:PORT`,
+//! then serves until stdin closes. The server authorizes opening for anyone and sends with the
+//! applications of `AUTH_YAML` (so `unauthorized` can be tested). Control routes, CORS-open:
+//! `POST /stop`, `POST /start`, `POST /restart`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, Method};
+use axum::routing::post;
+use tagcast_server::auth::ApplicationsAuthManager;
+use tagcast_server::Server;
+use tokio::sync::{oneshot, Mutex};
+
+/// The applications of the browser tests (the same as PROTOCOL.md §5's example).
+const AUTH_YAML: &str = "applications:
+  - key: application1
+    secret: B4ajW3P7jfWEYPZsQV8mnteHg97G67uW
+    authorizeOpen: true
+  - key: application2
+    secret: 33yLWdynhaqm9tYjDFKf8gB8zmAPKdDP
+    authorizeOpen: false
+";
+
+/// The server currently running, if any.
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+struct Testbed {
+    addr: SocketAddr,
+    running: Mutex<Option<Running>>,
+}
+
+impl Testbed {
+    async fn start(&self) -> Result<(), String> {
+        let mut running = self.running.lock().await;
+        if running.is_some() {
+            return Ok(());
+        }
+        let auth = ApplicationsAuthManager::from_yaml(AUTH_YAML, true)?;
+        let server = Server::builder()
+            .auth_manager(auth)
+            .build()
+            .map_err(|e| e.to_string())?;
+        // The port was just released by the previous server: retry briefly.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(format!("cannot bind {}: {e}", self.addr)),
+            }
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(listener, async {
+            let _ = stopped.await;
+        }));
+        *running = Some(Running { stop, task });
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        if let Some(r) = self.running.lock().await.take() {
+            let _ = r.stop.send(());
+            let _ = r.task.await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Reserve a port for the server, then release it for `start`.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?;
+    let testbed = Arc::new(Testbed {
+        addr,
+        running: Mutex::new(None),
+    });
+    testbed.start().await?;
+
+    let control = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let control_addr = control.local_addr()?;
+    let (a, b, c) = (testbed.clone(), testbed.clone(), testbed.clone());
+    let app = axum::Router::new()
+        .route(
+            "/stop",
+            post(move || async move {
+                a.stop().await;
+                "stopped"
+            }),
+        )
+        .route(
+            "/start",
+            post(move || async move { b.start().await.map(|()| "started") }),
+        )
+        .route(
+            "/restart",
+            post(move || async move {
+                c.stop().await;
+                c.start().await.map(|()| "restarted")
+            }),
+        )
+        .layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                // Test pages are served from another origin (the test runner's).
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static(Method::POST.as_str()),
+                );
+                response
+            },
+        ));
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "server ws://{addr}")?;
+    writeln!(out, "control http://{control_addr}")?;
+    out.flush()?;
+    drop(out);
+
+    // Serve until whoever started us closes our stdin.
+    let stdin_closed = async {
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        })
+        .await;
+    };
+    axum::serve(control, app)
+        .with_graceful_shutdown(stdin_closed)
+        .await?;
+    testbed.stop().await;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+// The Tagcast web demo: several connections (panes) on one page, each with its own tags, and a
+// composer that sends a message and shows which panes received it.
+import init, { connect, validateTags } from "./pkg/tagcast.js";
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const defaultUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host || "localhost:8080"}`;
+$("#server-url").value = new URLSearchParams(location.search).get("server") ?? defaultUrl;
+
+/** Adds a name/value row to a tag or metadata list. */
+function addRow(container, name = "", value = "") {
+  const row = document.createElement("div");
+  row.innerHTML = `<input class="name" placeholder="name"><input class="value" placeholder="value"><button type="button" title="Remove">−</button>`;
+  $(".name", row).value = name;
+  $(".value", row).value = value;
+  $("button", row).onclick = () => row.remove();
+  container.append(row);
+}
+
+/** Reads rows into an object; integers typed as such stay numbers (5 and "5" match anyway). */
+function readRows(container) {
+  const out = {};
+  for (const row of container.children) {
+    const name = $(".name", row).value;
+    const value = $(".value", row).value;
+    if (name === "" && value === "") continue;
+    out[name] = /^-?(0|[1-9][0-9]{0,17})$/.test(value) ? Number(value) : value;
+  }
+  return out;
+}
+
+function options() {
+  const key = $("#key").value.trim();
+  const secret = $("#secret").value;
+  const opts = { reconnect: true, minDelayMs: 200, maxDelayMs: 3000 };
+  if (key) {
+    opts.key = key;
+    opts.defaultMetadata = { key, secret };
+    if (secret) opts.secret = secret;
+  }
+  return opts;
+}
+
+let paneCount = 0;
+const panes = new Set();
+
+class Pane {
+  constructor(name, tags) {
+    this.el = $("#pane-template").content.firstElementChild.cloneNode(true);
+    this.el.dataset.testid = `pane-${++paneCount}`;
+    $(".pane-name", this.el).value = name;
+    for (const [k, v] of Object.entries(tags)) addRow($(".tag-rows", this.el), k, String(v));
+    $(".add-tag", this.el).onclick = () => addRow($(".tag-rows", this.el));
+    $(".apply", this.el).onclick = () => this.reconnect();
+    $(".toggle", this.el).onclick = () => (this.client ? this.disconnect() : this.reconnect());
+    $(".remove", this.el).onclick = () => { this.disconnect(); this.el.remove(); panes.delete(this); };
+    $("#panes").append(this.el);
+    panes.add(this);
+    this.reconnect();
+  }
+
+  setState(state) {
+    this.el.dataset.state = state;
+    $(".state", this.el).textContent = state;
+    $(".toggle", this.el).textContent = state === "closed" ? "Connect" : "Disconnect";
+  }
+
+  showError(text) {
+    $(".error", this.el).textContent = text;
+  }
+
+  disconnect() {
+    this.client?.close();
+    this.client = null;
+    this.setState("closed");
+  }
+
+  async reconnect() {
+    this.disconnect();
+    this.showError("");
+    const tags = readRows($(".tag-rows", this.el));
+    try {
+      validateTags(tags); // the server's own rules, before the network
+    } catch (error) {
+      this.showError(`Bad tags: ${error.message}`);
+      return;
+    }
+    this.setState("connecting");
+    try {
+      const client = await connect($("#server-url").value, tags, options());
+      this.client = client;
+      this.setState(client.state);
+      client.onStateChange((state) => {
+        this.setState(state);
+        this.showError(state === "reconnecting" ? "Server gone: reconnecting…" : "");
+      });
+      client.onMessage((message, msgTags) => this.receive(message, msgTags));
+    } catch (error) {
+      this.setState("closed");
+      this.showError(`${error.code}: ${error.message}`);
+    }
+  }
+
+  receive(message, tags) {
+    const item = document.createElement("li");
+    item.className = "fresh";
+    item.textContent = `${JSON.stringify(message)}  ${JSON.stringify(tags)}`;
+    $(".messages", this.el).prepend(item);
+    setTimeout(() => item.classList.remove("fresh"), 1500);
+    this.el.classList.add("hit");
+    setTimeout(() => this.el.classList.remove("hit"), 1500);
+    this.lastReceived = performance.now();
+  }
+}
+
+// The composer sends through its own connection (no tags: it listens to nothing in particular).
+let sender = null;
+async function senderClient() {
+  if (!sender || sender.state === "closed") sender = await connect($("#server-url").value, undefined, options());
+  return sender;
+}
+
+async function send() {
+  const result = $("#result");
+  result.className = "";
+  result.textContent = "Sending…";
+  let message = $("#message").value;
+  if ($("#as-json").checked) {
+    try { message = JSON.parse(message); } catch (e) {
+      result.className = "err";
+      result.textContent = `The message is not valid JSON: ${e.message}`;
+      return;
+    }
+  }
+  const tags = readRows($("#send-tags"));
+  const metadata = readRows($("#send-metadata"));
+  const sentAt = performance.now();
+  try {
+    validateTags(tags);
+    const client = await senderClient();
+    const { delivered } = await client.send(message, tags, metadata);
+    // The ack comes after the deliveries were queued; give the panes a moment to receive.
+    await new Promise((r) => setTimeout(r, 300));
+    const names = [...panes]
+      .filter((p) => p.lastReceived >= sentAt)
+      .map((p) => $(".pane-name", p.el).value);
+    result.className = "ok";
+    result.textContent = `delivered ${delivered}` + (names.length ? ` — received by ${names.join(", ")}` : "");
+  } catch (error) {
+    result.className = "err";
+    result.textContent = `${error.code ?? "error"}: ${error.message}`;
+  }
+}
+
+for (const button of document.querySelectorAll(".add-row")) {
+  button.onclick = () => addRow(document.getElementById(button.dataset.for));
+}
+$("#send").onclick = send;
+$("#add-pane").onclick = () => new Pane(`pane ${paneCount + 1}`, {});
+
+await init();
+addRow($("#send-tags"), "language", "FR");
+new Pane("French", { language: "FR" });
+new Pane("English", { language: "EN" });
+new Pane("French, user 42", { language: "FR", user: 42 });

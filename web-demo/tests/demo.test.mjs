@@ -1,0 +1,113 @@
+// End-to-end: the web demo served by a real `tagcast serve --static web-demo`, driven in
+// Debian's headless Chromium by playwright-core. Run by scripts/test-browser.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+import { chromium } from "playwright-core";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const bin = process.env.TAGCAST_BIN ?? join(root, "target", "debug", "tagcast");
+let server;
+let base;
+let browser;
+
+/** Starts `tagcast serve` on an OS-picked port and resolves with its address. */
+function serve(args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", "0", ...args], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let log = "";
+    const timer = setTimeout(() => reject(new Error(`no 'listening on' line:\n${log}`)), 10000);
+    child.stderr.on("data", (chunk) => {
+      log += chunk;
+      const found = /listening on (\S+)/.exec(log);
+      if (found) {
+        clearTimeout(timer);
+        resolve({ child, addr: found[1] });
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`tagcast serve exited with ${code}:\n${log}`)));
+  });
+}
+
+before(async () => {
+  server = await serve(["--static", join(root, "web-demo")]);
+  base = `http://${server.addr}`;
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--disable-dev-shm-usage"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.child.kill("SIGTERM");
+});
+
+async function openDemo() {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(e.message));
+  page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+  await page.goto(`${base}/`);
+  await page.waitForFunction(() =>
+    document.querySelectorAll('.pane[data-state="open"]').length === 3, null, { timeout: 10000 });
+  return { page, problems };
+}
+
+test("a message reaches only the panes whose tags match", async () => {
+  const { page, problems } = await openDemo();
+  await page.fill('[data-testid="message"]', "Bonjour à tous");
+  await page.click('[data-testid="send"]');
+  await page.waitForFunction(() => document.querySelector('[data-testid="result"]').textContent.startsWith("delivered"));
+  const result = await page.textContent('[data-testid="result"]');
+  assert.match(result, /^delivered 2 — received by French, French, user 42$/);
+  const messages = await page.$$eval(".pane", (panes) =>
+    panes.map((p) => [p.querySelector(".pane-name").value, p.querySelectorAll(".messages li").length]));
+  assert.deepEqual(messages, [["French", 1], ["English", 0], ["French, user 42", 1]]);
+  const first = await page.textContent('[data-testid="pane-1"] .messages li');
+  assert.equal(first, '"Bonjour à tous"  {"language":"FR"}');
+  mkdirSync(join(root, "target"), { recursive: true });
+  await page.screenshot({ path: join(root, "target", "web-demo.png"), fullPage: true });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("errors are shown plainly", async () => {
+  const { page } = await openDemo();
+  // A tag value that breaks the rules is caught in the browser, before the network.
+  await page.fill('[data-testid="send-tags"] .value', "x".repeat(300));
+  await page.click('[data-testid="send"]');
+  await page.waitForFunction(() => document.querySelector("#result").classList.contains("err"));
+  assert.match(await page.textContent("#result"), /^bad_request: .*256/);
+  // A non-string message is refused by the server (string mode) with its own text.
+  await page.fill('[data-testid="send-tags"] .value', "FR");
+  await page.fill('[data-testid="message"]', '{"text": "hi"}');
+  await page.check("#as-json");
+  await page.click('[data-testid="send"]');
+  await page.waitForFunction(() => /is not a string/.test(document.querySelector("#result").textContent));
+  assert.match(await page.textContent("#result"), /^bad_request: The 'message' property is not a string/);
+  await page.close();
+});
+
+test("the original docs' plain JavaScript still works", async () => {
+  const page = await browser.newPage();
+  await page.goto(`${base}/`);
+  const url = `ws://${server.addr}`;
+  const received = await page.evaluate((url) => new Promise((resolve, reject) => {
+    const socket = new WebSocket(url + '/?tags={"language":"FR"}');
+    socket.onerror = () => reject(new Error("socket error"));
+    socket.onmessage = (event) => resolve(event.data);
+    socket.onopen = () => socket.send(JSON.stringify({ message: "Hello !", tags: { language: "FR" } }));
+    setTimeout(() => reject(new Error("no message within 5 s")), 5000);
+  }), url);
+  assert.equal(received, '"Hello !"');
+  await page.close();
+});
