@@ -15,9 +15,9 @@ let base;
 let browser;
 
 /** Starts `tagcast serve` on an OS-picked port and resolves with its address. */
-function serve(args) {
+function serve(args, port = "0") {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", "0", ...args], {
+    const child = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", port, ...args], {
       stdio: ["ignore", "ignore", "pipe"],
     });
     let log = "";
@@ -31,6 +31,7 @@ function serve(args) {
       }
     });
     child.on("exit", (code) => reject(new Error(`tagcast serve exited with ${code}:\n${log}`)));
+    child.exited = new Promise((done) => child.on("exit", done));
   });
 }
 
@@ -110,4 +111,26 @@ test("the original docs' plain JavaScript still works", async () => {
   }), url);
   assert.equal(received, '"Hello !"');
   await page.close();
+});
+
+test("panes show a server that went away, and come back when it returns", async () => {
+  const own = await serve(["--static", join(root, "web-demo")]);
+  const port = own.addr.split(":").pop();
+  const page = await browser.newPage();
+  await page.goto(`http://${own.addr}/`);
+  await page.waitForFunction(() => document.querySelectorAll('.pane[data-state="open"]').length === 3);
+  own.child.kill("SIGTERM");
+  await own.child.exited;
+  await page.waitForFunction(() =>
+    document.querySelectorAll('.pane[data-state="reconnecting"]').length === 3, null, { timeout: 10000 });
+  assert.match(await page.textContent('[data-testid="pane-1"] .error'), /Server gone: reconnecting/);
+  const again = await serve(["--static", join(root, "web-demo")], port);
+  try {
+    await page.waitForFunction(() =>
+      document.querySelectorAll('.pane[data-state="open"]').length === 3, null, { timeout: 15000 });
+    assert.equal(await page.textContent('[data-testid="pane-1"] .error'), "");
+  } finally {
+    again.child.kill("SIGTERM");
+    await page.close();
+  }
 });
