@@ -45,9 +45,46 @@ pub struct ClientBuilder {
     default_metadata: Metadata,
     query: Vec<(String, String)>,
     raw: bool,
+    /// Extra trusted roots for `wss://` (self-signed or private CAs), beside the web's roots.
+    roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl ClientBuilder {
+    /// Also trusts the PEM certificates in `pem` for `wss://` URLs (a private CA, or a
+    /// self-signed server certificate). The web's usual roots stay trusted.
+    pub fn trust_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
+        use rustls_pki_types::pem::PemObject;
+        let mut found = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::Connect(format!("not a PEM certificate: {e}")))?;
+            self.roots.push(cert);
+            found += 1;
+        }
+        if found == 0 {
+            return Err(Error::Connect("no PEM certificate found".into()));
+        }
+        Ok(self)
+    }
+
+    fn tls(&self) -> Result<tokio_tungstenite::Connector, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in &self.roots {
+            roots
+                .add(cert.clone())
+                .map_err(|e| Error::Connect(format!("cannot trust the certificate: {e}")))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Connect(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+            config,
+        )))
+    }
+
     /// The tags of the connection: which messages it receives.
     pub fn tags(mut self, tags: Tags) -> Self {
         self.tags = tags;
@@ -144,9 +181,15 @@ impl ClientBuilder {
                 HeaderValue::from_static(SUBPROTOCOL),
             );
         }
-        let (socket, response) = tokio_tungstenite::connect_async(request)
-            .await
-            .map_err(connect_error)?;
+        let connector = if url.starts_with("wss:") {
+            Some(self.tls()?)
+        } else {
+            None
+        };
+        let (socket, response) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+                .await
+                .map_err(connect_error)?;
         if !self.raw {
             let accepted = response
                 .headers()
@@ -269,6 +312,7 @@ impl WebSocketClient {
             default_metadata: Metadata::new(),
             query: Vec::new(),
             raw: false,
+            roots: Vec::new(),
         }
     }
 

@@ -40,6 +40,18 @@ pub struct Config {
     pub max_tags: usize,
     /// A folder served on plain GET requests, `index.html` at `/` (`--static`).
     pub static_dir: Option<PathBuf>,
+    /// PEM certificate chain and private key: serve `wss://` and `https://` (`--tls-cert`,
+    /// `--tls-key`).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The two PEM files of `--tls-cert` and `--tls-key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key of the leaf certificate.
+    pub key: PathBuf,
 }
 
 /// Default outgoing queue length.
@@ -60,6 +72,7 @@ impl Default for Config {
             max_connections: None,
             max_tags: DEFAULT_MAX_TAGS,
             static_dir: None,
+            tls: None,
         }
     }
 }
@@ -79,6 +92,14 @@ pub enum ConfigError {
     /// The JSON Schema file is missing, unreadable or not a valid schema.
     #[error("{path}: {reason}")]
     SchemaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A TLS file is missing, unreadable or does not match its pair.
+    #[error("{path}: {reason}")]
+    Tls {
         /// The file.
         path: PathBuf,
         /// What is wrong.

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio::time::timeout_at;
 
 use crate::close::{self, Closer};
-use crate::registry::Connection;
+use crate::metrics::{Metrics, Rejection, Transport};
+use crate::registry::{Connection, Offered};
 use crate::router::{Refusal, Router};
 
 /// How many queued frames one write batch takes at most before flushing.
@@ -34,7 +35,12 @@ pub async fn run<W, R, E>(
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let writer = tokio::spawn(write_loop(sink, queue, conn.clone()));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        queue,
+        conn.clone(),
+        router.metrics.clone(),
+    ));
     read_loop(stream, &conn, &router).await;
     // The reader is done: make sure the writer ends too (no frame if nobody decided one).
     conn.closer.close_silently();
@@ -57,21 +63,33 @@ where
             Some(Err(e)) => {
                 let (code, reason) = classify(&e);
                 tracing::debug!(connection = conn.id, code, reason, "read error");
+                if code == close::MESSAGE_TOO_BIG {
+                    router.metrics.rejected(Rejection::TooBig);
+                }
                 if code == 0 {
                     conn.closer.close_silently();
                 } else {
                     conn.closer.close(code, reason);
                 }
             }
-            Some(Ok(Message::Text(text))) => handle_text(&text, conn, router),
-            Some(Ok(Message::Binary(_))) => refuse(
-                conn,
-                None,
-                Refusal {
-                    code: tagcast::ErrorCode::BadRequest,
-                    text: "binary frames are not accepted: send a JSON text frame".into(),
-                },
-            ),
+            Some(Ok(Message::Text(text))) => {
+                router.metrics.bytes_in.inc_by(text.len() as u64);
+                handle_text(&text, conn, router);
+            }
+            Some(Ok(Message::Binary(data))) => {
+                router.metrics.bytes_in.inc_by(data.len() as u64);
+                router.metrics.received(Transport::WebSocket);
+                router.metrics.rejected(Rejection::BadRequest);
+                refuse(
+                    conn,
+                    router,
+                    None,
+                    Refusal {
+                        code: tagcast::ErrorCode::BadRequest,
+                        text: "binary frames are not accepted: send a JSON text frame".into(),
+                    },
+                );
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             Some(Ok(Message::Close(_))) => {
                 // The peer closes: tungstenite answers it as we keep reading to the end.
@@ -95,15 +113,23 @@ fn handle_text(text: &str, conn: &Connection, router: &Router) {
         Ok(delivered) => {
             if let (true, Some(id)) = (conn.envelope, id) {
                 let ack = ServerFrame::Ack { id, delivered };
-                conn.offer(Message::Text(Utf8Bytes::from(ack.to_json())));
+                reply(conn, router, ack);
             }
         }
-        Err(refusal) => refuse(conn, id, refusal),
+        Err(refusal) => refuse(conn, router, id, refusal),
+    }
+}
+
+/// Queues a frame for the sender itself (ack or error), counting a slow consumer it causes.
+fn reply(conn: &Connection, router: &Router, frame: ServerFrame) {
+    let offered = conn.offer(Message::Text(Utf8Bytes::from(frame.to_json())));
+    if offered == Offered::SlowConsumer {
+        router.metrics.slow_consumers.inc();
     }
 }
 
 /// Answers a refused request: an error frame in envelope mode, a close in raw mode.
-fn refuse(conn: &Connection, id: Option<tagcast::RequestId>, refusal: Refusal) {
+fn refuse(conn: &Connection, router: &Router, id: Option<tagcast::RequestId>, refusal: Refusal) {
     tracing::debug!(connection = conn.id, code = %refusal.code, error = %refusal.text, "request refused");
     if conn.envelope {
         let frame = ServerFrame::Error {
@@ -111,7 +137,7 @@ fn refuse(conn: &Connection, id: Option<tagcast::RequestId>, refusal: Refusal) {
             code: refusal.code,
             error: refusal.text,
         };
-        conn.offer(Message::Text(Utf8Bytes::from(frame.to_json())));
+        reply(conn, router, frame);
     } else {
         let code = match refusal.code {
             tagcast::ErrorCode::Unauthorized | tagcast::ErrorCode::RateLimited => {
@@ -150,8 +176,12 @@ fn classify<E: std::error::Error + Send + Sync + 'static>(e: &E) -> (u16, &'stat
     (0, "connection lost")
 }
 
-async fn write_loop<W, E>(mut sink: W, mut queue: mpsc::Receiver<Message>, conn: Arc<Connection>)
-where
+async fn write_loop<W, E>(
+    mut sink: W,
+    mut queue: mpsc::Receiver<Message>,
+    conn: Arc<Connection>,
+    metrics: Arc<Metrics>,
+) where
     W: Sink<Message, Error = E> + Unpin,
 {
     let closer: &Closer = &conn.closer;
@@ -163,13 +193,16 @@ where
         };
         let Some(first) = first else { break };
         let batch = async {
+            let mut bytes = frame_len(&first);
             sink.feed(first).await?;
             let mut taken = 1;
             while taken < MAX_BATCH {
                 let Ok(frame) = queue.try_recv() else { break };
+                bytes += frame_len(&frame);
                 sink.feed(frame).await?;
                 taken += 1;
             }
+            metrics.bytes_out.inc_by(bytes);
             sink.flush().await
         };
         // A peer that stops reading blocks the write: a close decided meanwhile (slow consumer,
@@ -204,5 +237,13 @@ where
             sink.send(frame).await
         })
         .await;
+    }
+}
+
+fn frame_len(frame: &Message) -> u64 {
+    match frame {
+        Message::Text(t) => t.len() as u64,
+        Message::Binary(b) => b.len() as u64,
+        _ => 0,
     }
 }

@@ -1,23 +1,30 @@
 //! The axum router: WebSocket upgrade (with the handshake rules of PROTOCOL.md §2), `/healthz`,
-//! the `--static` folder, and 426 for other plain requests.
+//! `/metrics`, `POST /publish` (PROTOCOL.md §7), the `--static` folder, and 426 for other plain
+//! requests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::connect_info::Connected;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::serve::IncomingStream;
+use axum::Json;
 use futures_util::StreamExt;
-use tagcast::{Tags, SUBPROTOCOL};
+use serde_json::{json, Value};
+use tagcast::{ErrorCode, RequestId, Tags, SUBPROTOCOL};
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use crate::auth::Handshake;
 use crate::close::Closer;
+use crate::metrics::{Rejection, Transport};
 use crate::registry::{Connection, Slot};
+use crate::router::Refusal;
 use crate::AppState;
 
 /// Read buffer of each connection. tungstenite's default (128 KiB) would cost that much per
@@ -31,12 +38,113 @@ const WRITE_BUFFER: usize = 16 * 1024;
 pub fn app(state: Arc<AppState>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/publish", post(publish))
         .fallback(websocket_or_426)
         .with_state(state)
 }
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.connections.set(state.registry.len() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+fn json_error(status: StatusCode, error: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": error.into() }))).into_response()
+}
+
+/// The HTTP status of a refusal on `/publish` (PROTOCOL.md §7).
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// One answer of `/publish`: `{"delivered": n}` or `{"error": "..."}`, with the request's `id`.
+fn answer(id: Option<RequestId>, result: &Result<u64, Refusal>) -> Value {
+    let mut body = match result {
+        Ok(delivered) => json!({ "delivered": delivered }),
+        Err(refusal) => json!({ "error": refusal.text }),
+    };
+    if let Some(id) = id {
+        body["id"] = serde_json::to_value(id).unwrap_or(Value::Null);
+    }
+    body
+}
+
+/// `POST /publish`: one WebSocketRequest, or an array of them answered in order.
+async fn publish(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = state.config.max_message_bytes;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            state.metrics.rejected(Rejection::TooBig);
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over --max-message-bytes ({limit} bytes)"),
+            );
+        }
+    };
+    state.metrics.bytes_in.inc_by(bytes.len() as u64);
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            state.metrics.received(Transport::Http);
+            state.metrics.rejected(Rejection::BadRequest);
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid JSON: {e}"),
+            );
+        }
+    };
+    let handshake = Handshake {
+        peer,
+        query: parts
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default(),
+        headers: parts.headers,
+    };
+    match value {
+        Value::Array(requests) => {
+            let results: Vec<Value> = requests
+                .into_iter()
+                .map(|request| {
+                    let (id, result) = state.router.route_value(request, &handshake);
+                    answer(id, &result)
+                })
+                .collect();
+            Json(json!({ "results": results })).into_response()
+        }
+        single => {
+            let (id, result) = state.router.route_value(single, &handshake);
+            let status = match &result {
+                Ok(_) => StatusCode::OK,
+                Err(refusal) => status_of(refusal.code),
+            };
+            (status, Json(answer(id, &result))).into_response()
+        }
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -50,9 +158,61 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// The peer address of a connection, over plain TCP or TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, PlainListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// A TCP listener whose connections have `TCP_NODELAY`: small frames must not wait for
+/// Nagle's algorithm.
+#[derive(Debug)]
+pub struct PlainListener(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (stream, peer);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
 async fn websocket_or_426(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
@@ -97,6 +257,7 @@ async fn websocket_or_426(
 
     // PROTOCOL.md §2: the connection limit, then authorization, then the tags.
     let Some(slot) = state.registry.reserve(state.config.max_connections) else {
+        state.metrics.handshake_rejected(503);
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is at its connection limit, try again later",
@@ -113,6 +274,7 @@ async fn websocket_or_426(
     };
     if let Err(denied) = state.auth.authorize_open(&handshake) {
         tracing::debug!(%peer, reason = %denied, "opening refused");
+        state.metrics.handshake_rejected(401);
         return text(StatusCode::UNAUTHORIZED, denied.0);
     }
     let tags = match handshake.query_value("tags") {
@@ -122,7 +284,10 @@ async fn websocket_or_426(
             Ok(t)
         }) {
             Ok(tags) => tags,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid 'tags': {e}")),
+            Err(e) => {
+                state.metrics.handshake_rejected(400);
+                return text(StatusCode::BAD_REQUEST, format!("invalid 'tags': {e}"));
+            }
         },
     };
     let handshake = if state.auth.keeps_handshake() {

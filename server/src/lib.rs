@@ -15,11 +15,12 @@ pub mod close;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod metrics;
 pub mod registry;
 pub mod router;
+pub mod tls;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ pub struct AppState {
     pub auth: Arc<dyn AuthManager>,
     /// The `--static` folder, served on plain GET requests.
     pub static_files: Option<tower_http::services::ServeDir>,
+    /// Counters and histograms of `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The TLS configuration, when `--tls-cert` and `--tls-key` are given.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A configured server, ready to [`run`](Server::run) on a listener.
@@ -118,12 +123,18 @@ impl ServerBuilder {
                 None => Arc::new(AllowAll),
             },
         };
+        let tls = match &config.tls {
+            Some(files) => Some(tls::load(&files.cert, &files.key)?),
+            None => None,
+        };
+        let metrics = Arc::new(metrics::Metrics::new());
         let registry = Arc::new(Registry::default());
         let router = Arc::new(Router {
             registry: registry.clone(),
             parser,
             auth: auth.clone(),
             max_tags: config.max_tags,
+            metrics: metrics.clone(),
         });
         let static_files = match &config.static_dir {
             Some(dir) => {
@@ -144,6 +155,8 @@ impl ServerBuilder {
                 router,
                 auth,
                 static_files,
+                metrics,
+                tls,
             }),
         })
     }
@@ -206,20 +219,33 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let addr = listener.local_addr()?;
-        tracing::info!("listening on {addr}");
+        let scheme = if self.state.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        tracing::info!("listening on {addr} ({scheme}://)");
         let registry = self.state.registry.clone();
-        let app = http::app(self.state.clone());
+        let app = http::app(self.state.clone()).into_make_service_with_connect_info::<http::Peer>();
         let closing = registry.clone();
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: closing every connection with 1001");
             closing.close_all();
-        })
-        .await?;
+        };
+        match &self.state.tls {
+            Some(config) => {
+                let listener = tls::TlsListener::new(listener, config.clone())?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(signal)
+                    .await?;
+            }
+            None => {
+                axum::serve(http::PlainListener(listener), app)
+                    .with_graceful_shutdown(signal)
+                    .await?;
+            }
+        }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while !registry.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

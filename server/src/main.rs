@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tagcast::{Tags, WebSocketClient, WebSocketRequest};
+use tagcast_server::config::TlsFiles;
 use tagcast_server::{Config, MessageMode, Server};
 
 /// Tagcast: a WebSocket server that forwards each message to the connections whose tags match.
@@ -26,6 +27,15 @@ enum Command {
     Send(SendArgs),
     /// Open a connection and print every message it receives, one per line.
     Listen(ListenArgs),
+    /// Exit 0 when the local server answers GET /healthz with 200 (for container health checks).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct HealthcheckArgs {
+    /// Port of the local server.
+    #[arg(long, env = "TAGCAST_PORT", default_value_t = 8080)]
+    port: u16,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -72,6 +82,22 @@ struct ServeArgs {
     /// Serve this folder on plain GET requests (index.html at /), e.g. the web demo.
     #[arg(long = "static", env = "TAGCAST_STATIC", value_name = "DIR")]
     static_dir: Option<PathBuf>,
+    /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
+    #[arg(
+        long,
+        env = "TAGCAST_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate (needs --tls-cert).
+    #[arg(
+        long,
+        env = "TAGCAST_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -91,6 +117,10 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_tags: self.max_tags,
             static_dir: self.static_dir,
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => None,
+            },
         }
     }
 }
@@ -109,6 +139,9 @@ struct SendArgs {
     /// Parse MESSAGE as JSON instead of sending it as a string.
     #[arg(long)]
     json: bool,
+    /// Also trust this PEM certificate for wss:// (a self-signed server or a private CA).
+    #[arg(long, env = "TAGCAST_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// The message.
     message: String,
 }
@@ -121,6 +154,9 @@ struct ListenArgs {
     /// Tags of the connection, as a JSON object: which messages it receives.
     #[arg(long, value_name = "JSON")]
     tags: Option<String>,
+    /// Also trust this PEM certificate for wss:// (a self-signed server or a private CA).
+    #[arg(long, env = "TAGCAST_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -153,6 +189,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Send(args) => report(runtime.block_on(send(args))),
         Command::Listen(args) => runtime.block_on(listen(args)),
+        Command::Healthcheck(args) => report(runtime.block_on(healthcheck(args))),
     }
 }
 
@@ -227,6 +264,22 @@ async fn shutdown_signal() {
     }
 }
 
+fn trusting(
+    builder: tagcast::ClientBuilder,
+    ca_cert: Option<&std::path::Path>,
+) -> anyhow::Result<tagcast::ClientBuilder> {
+    match ca_cert {
+        None => Ok(builder),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+            Ok(builder
+                .trust_pem(&pem)
+                .with_context(|| format!("--ca-cert {}", path.display()))?)
+        }
+    }
+}
+
 fn parse_tags(tags: Option<&str>) -> anyhow::Result<Tags> {
     match tags {
         None => Ok(Tags::new()),
@@ -248,7 +301,9 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
             _ => anyhow::bail!("invalid --metadata: it must be a JSON object"),
         }
     }
-    let client = WebSocketClient::builder(args.url).connect().await?;
+    let client = trusting(WebSocketClient::builder(args.url), args.ca_cert.as_deref())?
+        .connect()
+        .await?;
     let delivered = client.send(request).await;
     client.close().await;
     println!("delivered {}", delivered?);
@@ -260,12 +315,11 @@ async fn listen(args: ListenArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return report(Err(e)),
     };
-    let client = match WebSocketClient::builder(args.url)
-        .tags(tags)
-        .raw(true)
-        .connect()
-        .await
-    {
+    let builder = match trusting(WebSocketClient::builder(args.url), args.ca_cert.as_deref()) {
+        Ok(b) => b,
+        Err(e) => return report(Err(e)),
+    };
+    let client = match builder.tags(tags).raw(true).connect().await {
         Ok(c) => c,
         Err(e) => return report(Err(e.into())),
     };
@@ -292,4 +346,28 @@ async fn listen(args: ListenArgs) -> ExitCode {
             }
         }
     }
+}
+
+/// GET /healthz on 127.0.0.1 over plain HTTP/1.1: no HTTP client needed in the image.
+async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", args.port)).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        anyhow::Ok(answer)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .context("no answer within 5 s")??;
+    let status_line = String::from_utf8_lossy(&answer);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    anyhow::ensure!(
+        status_line.starts_with("HTTP/1.1 200"),
+        "unhealthy: {status_line}"
+    );
+    Ok(())
 }

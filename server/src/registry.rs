@@ -28,22 +28,34 @@ pub struct Connection {
 
 impl Connection {
     /// Queues a frame without waiting. A full queue closes the connection as a slow consumer.
-    /// Returns whether the frame was queued.
-    pub fn offer(&self, frame: Message) -> bool {
+    pub fn offer(&self, frame: Message) -> Offered {
         if self.closer.closing().is_some() {
-            return false;
+            return Offered::Dropped;
         }
         match self.queue.try_send(frame) {
-            Ok(()) => true,
+            Ok(()) => Offered::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if self.closer.close(POLICY_VIOLATION, SLOW_CONSUMER) {
                     tracing::info!(connection = self.id, "slow consumer: queue full, closing");
+                    Offered::SlowConsumer
+                } else {
+                    Offered::Dropped
                 }
-                false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offered::Dropped,
         }
     }
+}
+
+/// What became of an offered frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// In the connection's queue.
+    Queued,
+    /// The queue was full: this offer closed the connection as a slow consumer.
+    SlowConsumer,
+    /// The connection is closing or gone.
+    Dropped,
 }
 
 /// A connection as a key of the tag index: identity is the connection id.
@@ -74,6 +86,15 @@ pub struct Registry {
     slots: AtomicUsize,
     /// Set at shutdown: connections that finish their handshake afterwards close at once.
     shutting_down: AtomicBool,
+}
+
+/// The outcome of [`Registry::deliver`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Connections the message was queued for.
+    pub delivered: u64,
+    /// Connections this delivery closed because their queue was full.
+    pub slow_consumers: u64,
 }
 
 /// A reserved connection slot, released when dropped (also when an upgrade never completes).
@@ -130,16 +151,16 @@ impl Registry {
 
     /// Offers a delivery to every connection whose tags contain `tags`: raw connections get
     /// `raw`, envelope connections the frame `envelope` builds (at most once). Returns how many
-    /// queued it.
+    /// queued it and how many this closed as slow consumers.
     pub fn deliver(
         &self,
         tags: &Tags,
         raw: &Utf8Bytes,
         envelope: impl FnOnce() -> Utf8Bytes,
-    ) -> u64 {
+    ) -> Delivery {
         let mut envelope = Some(envelope);
         let mut envelope_frame: Option<Utf8Bytes> = None;
-        let mut delivered = 0;
+        let mut delivery = Delivery::default();
         self.read().for_each_match(tags, |Key(conn)| {
             let frame = if conn.envelope {
                 envelope_frame
@@ -148,11 +169,13 @@ impl Registry {
             } else {
                 raw.clone()
             };
-            if conn.offer(Message::Text(frame)) {
-                delivered += 1;
+            match conn.offer(Message::Text(frame)) {
+                Offered::Queued => delivery.delivered += 1,
+                Offered::SlowConsumer => delivery.slow_consumers += 1,
+                Offered::Dropped => {}
             }
         });
-        delivered
+        delivery
     }
 
     /// Closes every connection with 1001 and refuses new ones: the start of a shutdown.

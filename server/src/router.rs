@@ -4,11 +4,14 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
+use std::time::Instant;
 use tagcast::envelope::encode_message_frame;
-use tagcast::request::parse_request;
+
+use tagcast::request::{parse_request, parse_value};
 use tagcast::{Error, ErrorCode, MessageParser, ParseOptions, RequestId, WebSocketRequest};
 
 use crate::auth::{AuthManager, Handshake};
+use crate::metrics::{Metrics, Rejection, Transport};
 use crate::registry::Registry;
 
 /// A refused request: the code for envelope mode and a text naming the problem.
@@ -39,6 +42,8 @@ pub struct Router {
     pub auth: Arc<dyn AuthManager>,
     /// `--max-tags`.
     pub max_tags: usize,
+    /// Counters and the routing latency.
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Router {
@@ -59,16 +64,50 @@ impl Router {
         envelope: bool,
         handshake: &Handshake,
     ) -> (Option<RequestId>, Result<u64, Refusal>) {
-        let options = ParseOptions {
-            allow_id: envelope,
+        let started = Instant::now();
+        self.metrics.received(Transport::WebSocket);
+        let (id, parsed) = parse_request(text, &self.options(envelope));
+        let result = self.finish(parsed, handshake, started);
+        (if envelope { id } else { None }, result)
+    }
+
+    /// Handles one request of `POST /publish` (already parsed as JSON; `id` allowed).
+    pub fn route_value(
+        &self,
+        value: Value,
+        handshake: &Handshake,
+    ) -> (Option<RequestId>, Result<u64, Refusal>) {
+        let started = Instant::now();
+        self.metrics.received(Transport::Http);
+        let (id, parsed) = parse_value(value, &self.options(true));
+        (id, self.finish(parsed, handshake, started))
+    }
+
+    fn options(&self, allow_id: bool) -> ParseOptions {
+        ParseOptions {
+            allow_id,
             max_tags: self.max_tags,
-        };
-        let (id, parsed) = parse_request(text, &options);
+        }
+    }
+
+    fn finish(
+        &self,
+        parsed: Result<WebSocketRequest, Error>,
+        handshake: &Handshake,
+        started: Instant,
+    ) -> Result<u64, Refusal> {
         let result = match parsed {
             Ok(request) => self.route(request, handshake),
             Err(e) => Err(Refusal::bad_request(&e)),
         };
-        (if envelope { id } else { None }, result)
+        match &result {
+            Ok(_) => self
+                .metrics
+                .routing_latency
+                .observe(started.elapsed().as_secs_f64()),
+            Err(refusal) => self.metrics.rejected(Rejection::from(refusal.code)),
+        }
+        result
     }
 
     /// Authorizes, parses the message and delivers one request.
@@ -85,11 +124,13 @@ impl Router {
             .parse(message)
             .map_err(|e| Refusal::bad_request(&e))?;
         let raw = Utf8Bytes::from(encode(&message));
-        let delivered = self.registry.deliver(&tags, &raw, || {
+        let delivery = self.registry.deliver(&tags, &raw, || {
             Utf8Bytes::from(encode_message_frame(&raw, &tags.to_json()))
         });
-        tracing::debug!(delivered, tags = %tags.to_json(), "routed");
-        Ok(delivered)
+        self.metrics.deliveries.inc_by(delivery.delivered);
+        self.metrics.slow_consumers.inc_by(delivery.slow_consumers);
+        tracing::debug!(delivered = delivery.delivered, tags = %tags.to_json(), "routed");
+        Ok(delivery.delivered)
     }
 }
 

@@ -7,10 +7,12 @@ mod it {
     mod auth;
     mod cli;
     mod envelope;
+    mod http_api;
     mod lifecycle;
     mod limits;
     mod payload;
     mod routing;
     mod static_files;
+    mod tls;
     mod validation;
 }

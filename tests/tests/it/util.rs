@@ -286,16 +286,48 @@ impl HttpAnswer {
 /// everything until the server closes (no HTTP client crate needed). Adds `Connection: close`
 /// unless `extra_headers` has its own `Connection`.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str, extra_headers: &str) -> HttpAnswer {
+    http_request(addr, "GET", path, extra_headers, b"").await
+}
+
+/// `POST path` with a JSON body.
+pub async fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> HttpAnswer {
+    http_request(
+        addr,
+        "POST",
+        path,
+        "Content-Type: application/json\r\n",
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// One HTTP/1.1 request over a fresh TCP connection.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+    body: &[u8],
+) -> HttpAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let connection = if extra_headers.to_ascii_lowercase().contains("connection:") {
         ""
     } else {
         "Connection: close\r\n"
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{connection}{extra_headers}\r\n");
+    let length = if method == "GET" && body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{connection}{length}{extra_headers}\r\n"
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(&request).await.unwrap();
         let mut bytes = Vec::new();
         let mut buf = [0u8; 4096];
         loop {

@@ -1,0 +1,214 @@
+//! Prometheus metrics (`GET /metrics`), with every labelled series resolved once at start so
+//! the hot path only touches atomics.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tagcast::ErrorCode;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Why a request was refused, as the `reason` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Malformed or invalid request.
+    BadRequest,
+    /// Unauthorized send.
+    Unauthorized,
+    /// Over `--rate-limit`.
+    RateLimited,
+    /// The cluster bus is down.
+    Unavailable,
+    /// Over `--max-message-bytes`.
+    TooBig,
+}
+
+impl From<ErrorCode> for Rejection {
+    fn from(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::Unauthorized => Rejection::Unauthorized,
+            ErrorCode::RateLimited => Rejection::RateLimited,
+            ErrorCode::Unavailable => Rejection::Unavailable,
+            _ => Rejection::BadRequest,
+        }
+    }
+}
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A WebSocket frame.
+    WebSocket,
+    /// `POST /publish`.
+    Http,
+}
+
+/// Every metric of the server.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections (set from the registry at each scrape).
+    pub connections: Gauge,
+    received_ws: Counter,
+    received_http: Counter,
+    rejected: [Counter; 5],
+    /// Messages queued for a recipient.
+    pub deliveries: Counter,
+    /// Recipients closed because their queue was full.
+    pub slow_consumers: Counter,
+    handshakes_400: Counter,
+    handshakes_401: Counter,
+    handshakes_503: Counter,
+    /// Bytes of WebSocket messages and HTTP bodies received.
+    pub bytes_in: Counter,
+    /// Bytes of WebSocket messages written.
+    pub bytes_out: Counter,
+    /// Time from a request's arrival to its last enqueue, in seconds.
+    pub routing_latency: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `tagcast_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tagcast");
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+
+        let received = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests_received",
+            "Requests received, by transport",
+            received.clone(),
+        );
+        let received_ws = received.get_or_create_owned(&vec![("transport", "websocket")]);
+        let received_http = received.get_or_create_owned(&vec![("transport", "http")]);
+
+        let rejected = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests_rejected",
+            "Requests refused, by reason",
+            rejected.clone(),
+        );
+        let rejected = [
+            "bad_request",
+            "unauthorized",
+            "rate_limited",
+            "unavailable",
+            "too_big",
+        ]
+        .map(|reason| rejected.get_or_create_owned(&vec![("reason", reason)]));
+
+        let deliveries = Counter::default();
+        registry.register(
+            "deliveries",
+            "Messages queued for a recipient",
+            deliveries.clone(),
+        );
+        let slow_consumers = Counter::default();
+        registry.register(
+            "slow_consumer_disconnects",
+            "Recipients closed with 1008 because their outgoing queue overflowed",
+            slow_consumers.clone(),
+        );
+
+        let handshakes = Family::<Labels, Counter>::default();
+        registry.register(
+            "handshake_rejections",
+            "WebSocket handshakes refused, by HTTP status",
+            handshakes.clone(),
+        );
+        let handshakes_400 = handshakes.get_or_create_owned(&vec![("status", "400")]);
+        let handshakes_401 = handshakes.get_or_create_owned(&vec![("status", "401")]);
+        let handshakes_503 = handshakes.get_or_create_owned(&vec![("status", "503")]);
+
+        let bytes_in = Counter::default();
+        registry.register(
+            "received_bytes",
+            "Bytes of WebSocket messages and HTTP bodies received",
+            bytes_in.clone(),
+        );
+        let bytes_out = Counter::default();
+        registry.register(
+            "sent_bytes",
+            "Bytes of WebSocket messages written to connections",
+            bytes_out.clone(),
+        );
+        // 10 µs to about 5 s.
+        let routing_latency = Histogram::new(exponential_buckets(0.000_01, 2.5, 15));
+        registry.register(
+            "routing_latency_seconds",
+            "Time from a request's arrival to the end of its enqueueing",
+            routing_latency.clone(),
+        );
+
+        Metrics {
+            registry,
+            connections,
+            received_ws,
+            received_http,
+            rejected,
+            deliveries,
+            slow_consumers,
+            handshakes_400,
+            handshakes_401,
+            handshakes_503,
+            bytes_in,
+            bytes_out,
+            routing_latency,
+        }
+    }
+
+    /// Counts a received request.
+    pub fn received(&self, transport: Transport) {
+        match transport {
+            Transport::WebSocket => self.received_ws.inc(),
+            Transport::Http => self.received_http.inc(),
+        };
+    }
+
+    /// Counts a refused request.
+    pub fn rejected(&self, why: Rejection) {
+        let i = match why {
+            Rejection::BadRequest => 0,
+            Rejection::Unauthorized => 1,
+            Rejection::RateLimited => 2,
+            Rejection::Unavailable => 3,
+            Rejection::TooBig => 4,
+        };
+        self.rejected[i].inc();
+    }
+
+    /// Counts a refused handshake by its status.
+    pub fn handshake_rejected(&self, status: u16) {
+        match status {
+            400 => self.handshakes_400.inc(),
+            401 => self.handshakes_401.inc(),
+            _ => self.handshakes_503.inc(),
+        };
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

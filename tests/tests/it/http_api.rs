@@ -1,0 +1,239 @@
+//! The HTTP API on the WebSocket port (PROTOCOL.md §7): `POST /publish` (one request or a
+//! batch), its statuses and JSON errors, and `GET /metrics`.
+
+use serde_json::{json, Value};
+use tagcast_server::Config;
+
+use super::util::*;
+
+fn body(answer: &HttpAnswer) -> Value {
+    serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{}: {e}", answer.body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_delivers_one_request_and_echoes_its_id() {
+    let server = TestServer::start().await;
+    let mut fr = raw(&server.url_with_tags(r#"{"language":"FR"}"#)).await;
+    let mut en = raw(&server.url_with_tags(r#"{"language":"EN"}"#)).await;
+    server.wait_connections(2).await;
+
+    let answer = http_post(
+        server.addr,
+        "/publish",
+        r#"{"message":"Bonjour","tags":{"language":"FR"}}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert!(answer
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    assert_eq!(body(&answer), json!({"delivered": 1}));
+    assert_eq!(recv_text(&mut fr).await, r#""Bonjour""#);
+    assert_silent(&mut en).await;
+
+    let answer = http_post(server.addr, "/publish", r#"{"id":"x-1","message":"all"}"#).await;
+    assert_eq!(body(&answer), json!({"delivered": 2, "id": "x-1"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_answers_400_with_a_json_error_naming_the_problem() {
+    let server = TestServer::start().await;
+    for (request, needle) in [
+        ("{not json", "JSON"),
+        (r#"{"tags":{}}"#, "The 'message' property is mandatory !"),
+        (r#"{"message":{"a":1}}"#, "is not a string"),
+        (r#"{"message":"x","tags":{"n":1.5}}"#, "\"n\""),
+        (r#"{"message":"x","colour":"red"}"#, "'colour'"),
+        (r#""just a string""#, "object"),
+    ] {
+        let answer = http_post(server.addr, "/publish", request).await;
+        assert_eq!(answer.status, 400, "{request}");
+        let error = body(&answer)["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(needle), "{request}: {error}");
+    }
+    let answer = http_post(server.addr, "/publish", r#"{"id":7,"message":null}"#).await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(body(&answer)["id"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_applies_the_send_rules_of_auth() {
+    let server = TestServer::with_config(Config {
+        auth_file: Some(temp_file("auth.yml", AUTH_YAML)),
+        authorize_open: false,
+        ..Config::default()
+    })
+    .await;
+    let answer = http_post(server.addr, "/publish", r#"{"message":"x"}"#).await;
+    assert_eq!(answer.status, 401);
+    assert!(body(&answer)["error"].as_str().unwrap().contains("key"));
+    let wrong =
+        format!(r#"{{"message":"x","metadata":{{"key":"application2","secret":"{SECRET1}"}}}}"#);
+    assert_eq!(http_post(server.addr, "/publish", &wrong).await.status, 401);
+    let right =
+        format!(r#"{{"message":"x","metadata":{{"key":"application2","secret":"{SECRET2}"}}}}"#);
+    let answer = http_post(server.addr, "/publish", &right).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(body(&answer), json!({"delivered": 0}));
+    assert!(!answer.body.contains(SECRET2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_answered_in_order_and_delivered_in_order() {
+    let server = TestServer::start().await;
+    let mut fr = raw(&server.url_with_tags(r#"{"language":"FR"}"#)).await;
+    server.wait_connections(1).await;
+    let batch = r#"[
+        {"id": 1, "message": "one", "tags": {"language": "FR"}},
+        {"id": 2, "message": 2},
+        {"message": "three", "tags": {"language": "EN"}},
+        {"id": "four", "message": "four"}
+    ]"#;
+    let answer = http_post(server.addr, "/publish", batch).await;
+    assert_eq!(answer.status, 200);
+    let results = body(&answer)["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0], json!({"id": 1, "delivered": 1}));
+    assert_eq!(results[1]["id"], 2);
+    assert!(results[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a string"));
+    assert_eq!(results[2], json!({"delivered": 0}));
+    assert_eq!(results[3], json!({"id": "four", "delivered": 1}));
+    assert_eq!(recv_text(&mut fr).await, r#""one""#);
+    assert_eq!(recv_text(&mut fr).await, r#""four""#);
+
+    let empty = http_post(server.addr, "/publish", "[]").await;
+    assert_eq!((empty.status, body(&empty)), (200, json!({"results": []})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_is_bounded_by_max_message_bytes() {
+    let server = TestServer::with_config(Config {
+        max_message_bytes: 100,
+        ..Config::default()
+    })
+    .await;
+    // Exactly 100 bytes is accepted.
+    let fill = 100 - r#"{"message":""}"#.len();
+    let exact = format!(r#"{{"message":"{}"}}"#, "a".repeat(fill));
+    assert_eq!(exact.len(), 100);
+    assert_eq!(http_post(server.addr, "/publish", &exact).await.status, 200);
+    let over = format!(r#"{{"message":"{}"}}"#, "a".repeat(fill + 1));
+    let answer = http_post(server.addr, "/publish", &over).await;
+    assert_eq!(answer.status, 413);
+    assert!(body(&answer)["error"]
+        .as_str()
+        .unwrap()
+        .contains("max-message-bytes"));
+    let batch = format!(r#"[{{"message":"{}"}}]"#, "a".repeat(fill));
+    assert_eq!(http_post(server.addr, "/publish", &batch).await.status, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_only_accepts_post() {
+    let server = TestServer::start().await;
+    assert_eq!(http_get(server.addr, "/publish", "").await.status, 405);
+}
+
+/// The value of a sample line `name{labels} value` in a metrics text.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    let server = TestServer::with_config(Config {
+        max_connections: Some(3),
+        queue_size: 2,
+        ..Config::default()
+    })
+    .await;
+    let before = http_get(server.addr, "/metrics", "").await;
+    assert_eq!(before.status, 200);
+    assert_eq!(sample(&before.body, "tagcast_connections"), 0.0);
+    assert_eq!(sample(&before.body, "tagcast_deliveries_total"), 0.0);
+
+    let mut a = raw(&server.url_with_tags(r#"{"g":1}"#)).await;
+    let mut sender = envelope(&server.url).await;
+    server.wait_connections(2).await;
+    send_text(&mut sender, r#"{"id":1,"message":"m","tags":{"g":1}}"#).await;
+    assert_eq!(recv_json(&mut sender).await["delivered"], 1);
+    assert_eq!(recv_text(&mut a).await, r#""m""#);
+    send_text(&mut sender, r#"{"id":2,"message":5}"#).await;
+    assert_eq!(recv_json(&mut sender).await["code"], "bad_request");
+    assert_eq!(refused(&server.url_with_tags("{bad")).await.0, 400);
+    http_post(server.addr, "/publish", r#"{"message":"h","tags":{"g":1}}"#).await;
+    assert_eq!(recv_text(&mut a).await, r#""h""#);
+
+    let after = http_get(server.addr, "/metrics", "").await.body;
+    assert_eq!(sample(&after, "tagcast_connections"), 2.0);
+    assert_eq!(sample(&after, "tagcast_deliveries_total"), 2.0);
+    assert_eq!(
+        sample(
+            &after,
+            r#"tagcast_requests_received_total{transport="websocket"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"tagcast_requests_received_total{transport="http"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"tagcast_requests_rejected_total{reason="bad_request"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"tagcast_handshake_rejections_total{status="400"}"#
+        ),
+        1.0
+    );
+    assert!(sample(&after, "tagcast_received_bytes_total") > 0.0);
+    assert!(sample(&after, "tagcast_sent_bytes_total") > 0.0);
+    assert_eq!(sample(&after, "tagcast_routing_latency_seconds_count"), 2.0);
+
+    // A slow consumer and the connection limit show up too.
+    let slow = raw(&server.url_with_tags(r#"{"slow":1}"#)).await;
+    server.wait_connections(3).await;
+    assert_eq!(refused(&server.url).await.0, 503);
+    let padding = "x".repeat(64 * 1024);
+    for _ in 0..200 {
+        http_post(
+            server.addr,
+            "/publish",
+            &format!(r#"{{"message":"{padding}","tags":{{"slow":1}}}}"#),
+        )
+        .await;
+        let text = http_get(server.addr, "/metrics", "").await.body;
+        if sample(&text, "tagcast_slow_consumer_disconnects_total") == 1.0 {
+            assert_eq!(
+                sample(&text, r#"tagcast_handshake_rejections_total{status="503"}"#),
+                1.0
+            );
+            drop(slow);
+            return;
+        }
+    }
+    panic!("the slow consumer was never counted");
+}
