@@ -43,7 +43,14 @@ pub struct Config {
     /// PEM certificate chain and private key: serve `wss://` and `https://` (`--tls-cert`,
     /// `--tls-key`).
     pub tls: Option<TlsFiles>,
+    /// The Redis of the cluster (`--redis redis://HOST:PORT`); `None` for a lone node.
+    pub redis: Option<String>,
+    /// The pub/sub channel shared by the nodes of one cluster (`--redis-channel`).
+    pub redis_channel: String,
 }
+
+/// Default `--redis-channel`.
+pub const DEFAULT_REDIS_CHANNEL: &str = "tagcast";
 
 /// The two PEM files of `--tls-cert` and `--tls-key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +80,8 @@ impl Default for Config {
             max_tags: DEFAULT_MAX_TAGS,
             static_dir: None,
             tls: None,
+            redis: None,
+            redis_channel: DEFAULT_REDIS_CHANNEL.to_owned(),
         }
     }
 }

@@ -74,7 +74,7 @@ where
             }
             Some(Ok(Message::Text(text))) => {
                 router.metrics.bytes_in.inc_by(text.len() as u64);
-                handle_text(&text, conn, router);
+                handle_text(&text, conn, router).await;
             }
             Some(Ok(Message::Binary(data))) => {
                 router.metrics.bytes_in.inc_by(data.len() as u64);
@@ -107,8 +107,10 @@ where
     while let Ok(Some(Ok(_))) = timeout_at(deadline, stream.next()).await {}
 }
 
-fn handle_text(text: &str, conn: &Connection, router: &Router) {
-    let (id, result) = router.route_text(text, conn.envelope, &conn.handshake);
+async fn handle_text(text: &str, conn: &Connection, router: &Router) {
+    let (id, result) = router
+        .route_text(text, conn.envelope, &conn.handshake)
+        .await;
     match result {
         Ok(delivered) => {
             if let (true, Some(id)) = (conn.envelope, id) {

@@ -44,8 +44,14 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match &state.bus {
+        Some(bus) if !bus.is_up() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster unavailable: the Redis bus is down",
+        ),
+        _ => "ok".into_response(),
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -127,17 +133,16 @@ async fn publish(
     };
     match value {
         Value::Array(requests) => {
-            let results: Vec<Value> = requests
-                .into_iter()
-                .map(|request| {
-                    let (id, result) = state.router.route_value(request, &handshake);
-                    answer(id, &result)
-                })
-                .collect();
+            // One after the other: the requests of a batch keep their order everywhere.
+            let mut results = Vec::with_capacity(requests.len());
+            for request in requests {
+                let (id, result) = state.router.route_value(request, &handshake).await;
+                results.push(answer(id, &result));
+            }
             Json(json!({ "results": results })).into_response()
         }
         single => {
-            let (id, result) = state.router.route_value(single, &handshake);
+            let (id, result) = state.router.route_value(single, &handshake).await;
             let status = match &result {
                 Ok(_) => StatusCode::OK,
                 Err(refusal) => status_of(refusal.code),

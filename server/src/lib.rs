@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod close;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod http;
@@ -50,6 +51,10 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The TLS configuration, when `--tls-cert` and `--tls-key` are given.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The Redis bus of a cluster (`--redis`).
+    pub bus: Option<Arc<cluster::RedisBus>>,
+    /// Whether the bus was connected (by [`Server::connect_cluster`] or [`Server::run`]).
+    bus_started: std::sync::atomic::AtomicBool,
 }
 
 /// A configured server, ready to [`run`](Server::run) on a listener.
@@ -127,6 +132,13 @@ impl ServerBuilder {
             Some(files) => Some(tls::load(&files.cert, &files.key)?),
             None => None,
         };
+        let bus = match &config.redis {
+            Some(url) => Some(Arc::new(cluster::RedisBus::new(
+                url,
+                &config.redis_channel,
+            )?)),
+            None => None,
+        };
         let metrics = Arc::new(metrics::Metrics::new());
         let registry = Arc::new(Registry::default());
         let router = Arc::new(Router {
@@ -135,6 +147,7 @@ impl ServerBuilder {
             auth: auth.clone(),
             max_tags: config.max_tags,
             metrics: metrics.clone(),
+            bus: bus.clone(),
         });
         let static_files = match &config.static_dir {
             Some(dir) => {
@@ -157,6 +170,8 @@ impl ServerBuilder {
                 static_files,
                 metrics,
                 tls,
+                bus,
+                bus_started: Default::default(),
             }),
         })
     }
@@ -211,6 +226,31 @@ impl Server {
         self.state.registry.clone()
     }
 
+    /// Connects to the cluster's Redis (`--redis`); an unreachable Redis is a configuration
+    /// error. [`run`](Server::run) does it when it was not done before; call it first to tell
+    /// a bad Redis apart from other failures. Without `--redis` it does nothing.
+    pub async fn connect_cluster(&self) -> Result<(), ConfigError> {
+        let Some(bus) = &self.state.bus else {
+            return Ok(());
+        };
+        if self
+            .state
+            .bus_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let started = bus
+            .start(self.state.registry.clone(), self.state.metrics.clone())
+            .await;
+        if started.is_err() {
+            self.state
+                .bus_started
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        started
+    }
+
     /// Serves on `listener` until `shutdown` completes, then closes every connection with 1001
     /// and returns once they are closed (or after a 5 s grace).
     pub async fn run(
@@ -218,6 +258,9 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.connect_cluster()
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e))?;
         let addr = listener.local_addr()?;
         let scheme = if self.state.tls.is_some() {
             "wss"

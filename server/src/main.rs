@@ -90,6 +90,13 @@ struct ServeArgs {
         requires = "tls_key"
     )]
     tls_cert: Option<PathBuf>,
+    /// Redis URL shared by the nodes of a cluster (redis://HOST:PORT); without it the node is alone.
+    #[arg(long, env = "TAGCAST_REDIS", value_name = "URL")]
+    redis: Option<String>,
+    /// Pub/sub channel of the cluster: clusters sharing one Redis use different channels.
+    #[arg(long, env = "TAGCAST_REDIS_CHANNEL", value_name = "NAME",
+          default_value = tagcast_server::config::DEFAULT_REDIS_CHANNEL)]
+    redis_channel: String,
     /// PEM private key of the certificate (needs --tls-cert).
     #[arg(
         long,
@@ -117,6 +124,8 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_tags: self.max_tags,
             static_dir: self.static_dir,
+            redis: self.redis,
+            redis_channel: self.redis_channel,
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 _ => None,
@@ -227,6 +236,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(CONFIG_ERROR);
         }
     };
+    if let Err(e) = server.connect_cluster().await {
+        eprintln!("error: {e}");
+        return ExitCode::from(CONFIG_ERROR);
+    }
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {

@@ -67,6 +67,10 @@ pub struct Metrics {
     pub bytes_out: Counter,
     /// Time from a request's arrival to its last enqueue, in seconds.
     pub routing_latency: Histogram,
+    /// 1 while the Redis bus is connected (always 1 without `--redis`).
+    pub bus_up: Gauge,
+    /// Reconnections to Redis after it went away.
+    pub bus_reconnects: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,8 +163,24 @@ impl Metrics {
             routing_latency.clone(),
         );
 
+        let bus_up = Gauge::default();
+        bus_up.set(1);
+        registry.register(
+            "bus_up",
+            "1 while the cluster bus (Redis) is connected; always 1 for a lone node",
+            bus_up.clone(),
+        );
+        let bus_reconnects = Counter::default();
+        registry.register(
+            "bus_reconnects",
+            "Reconnections to Redis after it went away",
+            bus_reconnects.clone(),
+        );
+
         Metrics {
             registry,
+            bus_up,
+            bus_reconnects,
             connections,
             received_ws,
             received_http,

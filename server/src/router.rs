@@ -11,6 +11,7 @@ use tagcast::request::{parse_request, parse_value};
 use tagcast::{Error, ErrorCode, MessageParser, ParseOptions, RequestId, WebSocketRequest};
 
 use crate::auth::{AuthManager, Handshake};
+use crate::cluster::RedisBus;
 use crate::metrics::{Metrics, Rejection, Transport};
 use crate::registry::Registry;
 
@@ -44,6 +45,8 @@ pub struct Router {
     pub max_tags: usize,
     /// Counters and the routing latency.
     pub metrics: Arc<Metrics>,
+    /// The Redis bus of a cluster; `None` for a lone node.
+    pub bus: Option<Arc<RedisBus>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -58,7 +61,7 @@ impl Router {
     /// Handles one request frame from a connection: returns its id (when it has one) and the
     /// delivered count or the refusal. Routing is complete when this returns, so the next frame
     /// of the same sender is routed after this one everywhere.
-    pub fn route_text(
+    pub async fn route_text(
         &self,
         text: &str,
         envelope: bool,
@@ -67,12 +70,12 @@ impl Router {
         let started = Instant::now();
         self.metrics.received(Transport::WebSocket);
         let (id, parsed) = parse_request(text, &self.options(envelope));
-        let result = self.finish(parsed, handshake, started);
+        let result = self.finish(parsed, handshake, started).await;
         (if envelope { id } else { None }, result)
     }
 
     /// Handles one request of `POST /publish` (already parsed as JSON; `id` allowed).
-    pub fn route_value(
+    pub async fn route_value(
         &self,
         value: Value,
         handshake: &Handshake,
@@ -80,7 +83,7 @@ impl Router {
         let started = Instant::now();
         self.metrics.received(Transport::Http);
         let (id, parsed) = parse_value(value, &self.options(true));
-        (id, self.finish(parsed, handshake, started))
+        (id, self.finish(parsed, handshake, started).await)
     }
 
     fn options(&self, allow_id: bool) -> ParseOptions {
@@ -90,14 +93,14 @@ impl Router {
         }
     }
 
-    fn finish(
+    async fn finish(
         &self,
         parsed: Result<WebSocketRequest, Error>,
         handshake: &Handshake,
         started: Instant,
     ) -> Result<u64, Refusal> {
         let result = match parsed {
-            Ok(request) => self.route(request, handshake),
+            Ok(request) => self.route(request, handshake).await,
             Err(e) => Err(Refusal::bad_request(&e)),
         };
         match &result {
@@ -110,8 +113,13 @@ impl Router {
         result
     }
 
-    /// Authorizes, parses the message and delivers one request.
-    pub fn route(&self, request: WebSocketRequest, handshake: &Handshake) -> Result<u64, Refusal> {
+    /// Authorizes, parses the message, publishes it to the other nodes of a cluster and
+    /// delivers it to this node's connections.
+    pub async fn route(
+        &self,
+        request: WebSocketRequest,
+        handshake: &Handshake,
+    ) -> Result<u64, Refusal> {
         if let Err(denied) = self.auth.authorize_send(handshake, &request) {
             return Err(Refusal {
                 code: ErrorCode::Unauthorized,
@@ -124,12 +132,24 @@ impl Router {
             .parse(message)
             .map_err(|e| Refusal::bad_request(&e))?;
         let raw = Utf8Bytes::from(encode(&message));
+        let tags_json = tags.to_json();
+        if let Some(bus) = &self.bus {
+            // Published before the local delivery: a request the cluster cannot carry is
+            // refused whole, never half delivered.
+            if let Err(e) = bus.publish(&tags_json, &raw).await {
+                tracing::debug!(reason = %e.0, "refusing a request: {e}");
+                return Err(Refusal {
+                    code: ErrorCode::Unavailable,
+                    text: e.to_string(),
+                });
+            }
+        }
         let delivery = self.registry.deliver(&tags, &raw, || {
-            Utf8Bytes::from(encode_message_frame(&raw, &tags.to_json()))
+            Utf8Bytes::from(encode_message_frame(&raw, &tags_json))
         });
         self.metrics.deliveries.inc_by(delivery.delivered);
         self.metrics.slow_consumers.inc_by(delivery.slow_consumers);
-        tracing::debug!(delivered = delivery.delivered, tags = %tags.to_json(), "routed");
+        tracing::debug!(delivered = delivery.delivered, tags = %tags_json, "routed");
         Ok(delivery.delivered)
     }
 }

@@ -6,6 +6,7 @@ mod it {
 
     mod auth;
     mod cli;
+    mod cluster;
     mod envelope;
     mod http_api;
     mod lifecycle;

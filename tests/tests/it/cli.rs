@@ -501,3 +501,29 @@ async fn secrets_never_reach_the_log() {
     assert!(!log.contains(SECRET2), "SECRET2 in the log:\n{log}");
     assert!(!log.contains(SECRET1), "SECRET1 in the log:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_exits_2_naming_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let (status, _, stderr) = run(
+        &[
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--redis",
+            &url,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}

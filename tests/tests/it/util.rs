@@ -419,3 +419,72 @@ pub async fn drain_until_end(ws: &mut Ws, limit: Duration) -> Option<(u16, Strin
         }
     }
 }
+
+/// A real `redis-server` on 127.0.0.1 and a free port, without persistence; killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = RedisServer { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis-server is already running");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; the test command installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            use std::io::{Read, Write};
+            if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut answer = [0u8; 7];
+                if tcp.write_all(b"PING\r\n").is_ok()
+                    && tcp.read_exact(&mut answer).is_ok()
+                    && &answer == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it (SIGKILL: Redis going away without a goodbye) and waits for its end.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
