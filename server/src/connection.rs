@@ -52,10 +52,12 @@ where
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
+    let closed = conn.closer.wait();
+    tokio::pin!(closed);
     loop {
         let next = tokio::select! {
             biased;
-            _ = conn.closer.wait() => break,
+            _ = &mut closed => break,
             next = stream.next() => next,
         };
         match next {
@@ -187,10 +189,14 @@ async fn write_loop<W, E>(
     W: Sink<Message, Error = E> + Unpin,
 {
     let closer: &Closer = &conn.closer;
+    // One waiter for the whole loop: registering a new one per frame would cost more than
+    // the frame itself.
+    let closed = closer.wait();
+    tokio::pin!(closed);
     loop {
         let first = tokio::select! {
             biased;
-            _ = closer.wait() => break,
+            _ = &mut closed => break,
             frame = queue.recv() => frame,
         };
         let Some(first) = first else { break };
@@ -211,7 +217,7 @@ async fn write_loop<W, E>(
         // shutdown) must still end the connection by its deadline.
         let written = tokio::select! {
             biased;
-            _ = closer.wait() => break,
+            _ = &mut closed => break,
             written = batch => written,
         };
         if written.is_err() {

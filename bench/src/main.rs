@@ -1,0 +1,558 @@
+//! `tagcast-bench`: a load generator for Tagcast and any server speaking its raw wire format
+//! (the Node `ws` baseline in `bench/baselines/`), so both are measured the same way.
+//!
+//! Every scenario prints one JSON line. Fan-out runs check that each expected delivery arrived
+//! exactly once and in per-publisher order, and report deliveries/s, latency percentiles, and
+//! the server's CPU seconds and RSS read from `/proc/PID` (`--server-pid`).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Load scenarios for a tag-routing WebSocket server.
+#[derive(Debug, Parser)]
+#[command(name = "tagcast-bench", about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// S subscribers tagged {"g": i % G}; P publishers cycle over the groups.
+    Fanout(FanoutArgs),
+    /// Like fanout, with a share of subscribers that never read.
+    Slow(SlowArgs),
+    /// S idle connections: server memory per connection.
+    Idle(IdleArgs),
+    /// Handshakes per second with concurrent connectors.
+    Connect(ConnectArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct Common {
+    /// Server URL, e.g. ws://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    /// The server's process id, for its CPU time and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// A label for the server in the output.
+    #[arg(long, default_value = "tagcast")]
+    server: String,
+    /// Connections opened at once while setting up.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Subscribers.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Groups: subscriber i has tags {"g": i % groups}.
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Requests each publisher sends.
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Size of each message payload in bytes (at least the 40 bytes of stamps).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Requests of one publisher not yet fully delivered, at most (flow control).
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// Offered rate in requests per second for all publishers together, instead of as fast as
+    /// the in-flight window allows.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Give up waiting for deliveries after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+struct SlowArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Percent of subscribers that never read.
+    #[arg(long, default_value_t = 1.0)]
+    slow_percent: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Idle connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Seconds to wait before reading the server's memory.
+    #[arg(long, default_value_t = 2.0)]
+    settle_secs: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ConnectArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Handshakes to make (each connection opens, then closes).
+    #[arg(long, default_value_t = 5000)]
+    connections: usize,
+    /// Concurrent connectors.
+    #[arg(long, default_value_t = 64)]
+    connectors: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Fanout(args) => fanout(&args, 0.0).await?,
+        Scenario::Slow(args) => fanout(&args.fanout, args.slow_percent).await?,
+        Scenario::Idle(args) => idle(&args).await?,
+        Scenario::Connect(args) => connect_rate(&args).await?,
+    };
+    println!("{result}");
+    Ok(())
+}
+
+/// CPU seconds (user + system) and RSS in KiB of a process.
+fn process_stats(pid: Option<u32>) -> Option<(f64, u64)> {
+    let pid = pid?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()?;
+    // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
+    Some((ticks / 100.0, rss))
+}
+
+fn url_with_tags(base: &str, tags: &serde_json::Value) -> String {
+    let encoded: String = form_urlencoded::byte_serialize(tags.to_string().as_bytes()).collect();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let base = if base.contains('?') || base.trim_end_matches('/').matches('/').count() > 2 {
+        base.to_owned()
+    } else {
+        format!("{}/", base.trim_end_matches('/'))
+    };
+    format!("{base}{sep}tags={encoded}")
+}
+
+async fn open(url: &str) -> anyhow::Result<Ws> {
+    // tungstenite zero-fills its whole read buffer on every read: its 128 KiB default made
+    // memset half of this process's CPU time. Frames here are small.
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    Ok(ws)
+}
+
+/// Opens one connection per URL, `concurrency` at a time, in order.
+async fn open_all(urls: Vec<String>, concurrency: usize) -> anyhow::Result<Vec<Ws>> {
+    let semaphore = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(urls.len());
+    for url in urls {
+        let permit = semaphore.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let ws = open(&url).await;
+            drop(permit);
+            ws
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+/// Nanoseconds since the run's start, the clock stamped into payloads.
+fn now_ns(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+/// Everything subscribers and publishers share during a fan-out run.
+struct Run {
+    start: Instant,
+    publishers: usize,
+    messages: usize,
+    groups: usize,
+    /// Healthy subscribers in each group: the deliveries each request expects.
+    expected: Vec<u32>,
+    /// Deliveries so far of each request (publisher * messages + seq).
+    received: Vec<AtomicU32>,
+    /// Flow control of each publisher.
+    windows: Vec<Semaphore>,
+    completed: AtomicUsize,
+    /// Deliveries beyond what a request expected.
+    duplicates: AtomicU64,
+    reordered: AtomicU64,
+}
+
+impl Run {
+    fn group_of(&self, publisher: usize, seq: usize) -> usize {
+        (seq + publisher) % self.groups
+    }
+
+    fn expected_for(&self, publisher: usize, seq: usize) -> u32 {
+        self.expected[self.group_of(publisher, seq)]
+    }
+
+    /// Counts one delivery; frees the publisher's window when the request is complete.
+    fn delivered(&self, publisher: usize, seq: usize) {
+        let id = publisher * self.messages + seq;
+        let Some(counter) = self.received.get(id) else {
+            return;
+        };
+        let n = counter.fetch_add(1, Ordering::AcqRel) + 1;
+        let expected = self.expected_for(publisher, seq);
+        if n == expected {
+            self.complete(publisher);
+        } else if n > expected {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn complete(&self, publisher: usize) {
+        self.windows[publisher].add_permits(1);
+        self.completed.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Parses `"P:SEQ:TS:padding"` (a JSON string) into its stamps.
+fn parse_stamp(text: &str) -> Option<(usize, usize, u64)> {
+    let inner = text.strip_prefix('"')?;
+    let mut parts = inner.splitn(4, ':');
+    let p = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let ts = parts.next()?.parse().ok()?;
+    Some((p, seq, ts))
+}
+
+/// What one subscriber saw: latencies in µs, and when its last delivery came (ns since start).
+struct Seen {
+    latencies: Vec<u32>,
+    last_ns: u64,
+}
+
+async fn subscriber(mut ws: Ws, run: Arc<Run>, mut stop: watch::Receiver<bool>) -> Seen {
+    // Counted locally and merged at the end: shared counters would be contended by every
+    // delivery and slow the load generator down.
+    let mut latencies = Vec::with_capacity(run.messages * run.publishers / run.groups + 16);
+    let mut last_ns = 0;
+    let mut reordered = 0;
+    let mut last_seq: Vec<Option<usize>> = vec![None; run.publishers];
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = ws.next() => frame,
+            _ = stop.changed() => break,
+        };
+        let Some(Ok(Message::Text(text))) = frame else {
+            match frame {
+                Some(Ok(_)) => continue,
+                _ => break,
+            }
+        };
+        let Some((p, seq, ts)) = parse_stamp(text.as_str()) else {
+            continue;
+        };
+        let now = now_ns(run.start);
+        latencies.push(((now.saturating_sub(ts)) / 1000).min(u32::MAX as u64) as u32);
+        if let Some(last) = last_seq.get_mut(p) {
+            if last.is_some_and(|l| seq <= l) {
+                reordered += 1;
+            }
+            *last = Some(seq);
+        }
+        last_ns = now;
+        run.delivered(p, seq);
+    }
+    run.reordered.fetch_add(reordered, Ordering::Relaxed);
+    Seen { latencies, last_ns }
+}
+
+/// A connection that never reads: its queue on the server fills up.
+async fn slow_subscriber(ws: Ws, mut stop: watch::Receiver<bool>) -> bool {
+    let _ = stop.changed().await;
+    // Now read what is left: a slow consumer should find the server's 1008 close or the end.
+    let mut ws = ws;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return true,
+            Ok(Some(Ok(_))) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+async fn publisher(mut ws: Ws, index: usize, run: Arc<Run>, payload: usize, interval: Option<Duration>) -> anyhow::Result<()> {
+    let mut padding = String::new();
+    for seq in 0..run.messages {
+        match interval {
+            Some(every) => {
+                let due = run.start + every * seq as u32;
+                tokio::time::sleep_until(due.into()).await;
+            }
+            None => run.windows[index].acquire().await?.forget(),
+        }
+        let expected = run.expected_for(index, seq);
+        let stamp = format!("{index}:{seq}:{}:", now_ns(run.start));
+        padding.clear();
+        padding.extend(std::iter::repeat_n('x', payload.saturating_sub(stamp.len())));
+        let frame = format!(
+            r#"{{"message":"{stamp}{padding}","tags":{{"g":{}}}}}"#,
+            run.group_of(index, seq)
+        );
+        ws.send(Message::text(frame)).await.context("publishing")?;
+        if expected == 0 {
+            run.complete(index);
+        }
+    }
+    // Keep the connection open until the run ends (closing early is not part of the load).
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+async fn fanout(args: &FanoutArgs, slow_percent: f64) -> anyhow::Result<serde_json::Value> {
+    let c = &args.common;
+    if args.groups == 0 || args.publishers == 0 {
+        bail!("--groups and --publishers must be at least 1");
+    }
+    let slow_count = ((args.subscribers as f64) * slow_percent / 100.0).round() as usize;
+    // Slow subscribers are spread over the groups: every slow-th subscriber.
+    let is_slow = |i: usize| slow_count > 0 && i % (args.subscribers / slow_count).max(1) == 0 && i / (args.subscribers / slow_count).max(1) < slow_count;
+    let mut expected = vec![0u32; args.groups];
+    let mut urls = Vec::with_capacity(args.subscribers);
+    for i in 0..args.subscribers {
+        let g = i % args.groups;
+        if !is_slow(i) {
+            expected[g] += 1;
+        }
+        urls.push(url_with_tags(&c.url, &json!({ "g": g })));
+    }
+    let setup = Instant::now();
+    let subscribers = open_all(urls, c.concurrency).await?;
+    let publishers = open_all(
+        (0..args.publishers)
+            .map(|p| url_with_tags(&c.url, &json!({ "publisher": p })))
+            .collect(),
+        c.concurrency,
+    )
+    .await?;
+    let setup_secs = setup.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let total = args.publishers * args.messages;
+    let run = Arc::new(Run {
+        start: Instant::now(),
+        publishers: args.publishers,
+        messages: args.messages,
+        groups: args.groups,
+        expected,
+        received: (0..total).map(|_| AtomicU32::new(0)).collect(),
+        windows: (0..args.publishers).map(|_| Semaphore::new(args.in_flight.max(1))).collect(),
+        completed: AtomicUsize::new(0),
+        duplicates: AtomicU64::new(0),
+        reordered: AtomicU64::new(0),
+    });
+    let expected_deliveries: u64 = (0..args.publishers)
+        .flat_map(|p| (0..args.messages).map(move |s| (p, s)))
+        .map(|(p, s)| u64::from(run.expected_for(p, s)))
+        .sum();
+    let (stop_tx, stop) = watch::channel(false);
+    let before = process_stats(c.server_pid);
+    let start = Instant::now();
+
+    let mut readers = Vec::new();
+    let mut slow_readers = Vec::new();
+    for (i, ws) in subscribers.into_iter().enumerate() {
+        if is_slow(i) {
+            slow_readers.push(tokio::spawn(slow_subscriber(ws, stop.clone())));
+        } else {
+            readers.push(tokio::spawn(subscriber(ws, run.clone(), stop.clone())));
+        }
+    }
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.publishers as f64 / r.max(0.001)));
+    let mut senders = Vec::new();
+    for (index, ws) in publishers.into_iter().enumerate() {
+        senders.push(tokio::spawn(publisher(ws, index, run.clone(), args.payload, interval)));
+    }
+
+    // Wait until every request is completely delivered, or the timeout.
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    while run.completed.load(Ordering::Acquire) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A short drain, so duplicates or late frames would be seen.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = process_stats(c.server_pid);
+    let _ = stop_tx.send(true);
+    for s in &senders {
+        s.abort();
+    }
+    let mut latencies = Vec::new();
+    let mut last_ns = 0;
+    for r in readers {
+        let seen = r.await?;
+        latencies.extend(seen.latencies);
+        last_ns = last_ns.max(seen.last_ns);
+    }
+    let mut slow_disconnected = 0;
+    for r in slow_readers {
+        slow_disconnected += usize::from(r.await?);
+    }
+    latencies.sort_unstable();
+
+    let deliveries = latencies.len() as u64;
+    let elapsed = Duration::from_nanos(last_ns).as_secs_f64().max(1e-9);
+    let unique = deliveries - run.duplicates.load(Ordering::Relaxed);
+    let (cpu, rss) = match (before, after) {
+        (Some((c0, _)), Some((c1, rss))) => (Some(c1 - c0), Some(rss)),
+        _ => (None, None),
+    };
+    let _ = start;
+    Ok(json!({
+        "scenario": if slow_percent > 0.0 { "slow" } else { "fanout" },
+        "server": c.server,
+        "subscribers": args.subscribers,
+        "groups": args.groups,
+        "publishers": args.publishers,
+        "messages_per_publisher": args.messages,
+        "payload_bytes": args.payload,
+        "in_flight": if args.rate.is_some() { serde_json::Value::Null } else { json!(args.in_flight) },
+        "offered_rate": args.rate,
+        "slow_subscribers": slow_count,
+        "slow_disconnected": slow_disconnected,
+        "setup_secs": round(setup_secs),
+        "elapsed_secs": round(elapsed),
+        "deliveries": deliveries,
+        "expected_deliveries": expected_deliveries,
+        "deliveries_per_sec": (deliveries as f64 / elapsed).round(),
+        "latency_p50_us": percentile(&latencies, 0.50),
+        "latency_p99_us": percentile(&latencies, 0.99),
+        "latency_max_us": latencies.last().copied().unwrap_or(0),
+        "lost": expected_deliveries.saturating_sub(unique),
+        "duplicates": run.duplicates.load(Ordering::Relaxed),
+        "reordered": run.reordered.load(Ordering::Relaxed),
+        "server_cpu_secs": cpu.map(round),
+        "server_cpu_us_per_delivery": cpu.map(|c| round(c * 1e6 / deliveries.max(1) as f64)),
+        "server_rss_kib": rss,
+    }))
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+async fn idle(args: &IdleArgs) -> anyhow::Result<serde_json::Value> {
+    let c = &args.common;
+    let before = process_stats(c.server_pid);
+    let start = Instant::now();
+    let urls = (0..args.connections)
+        .map(|i| url_with_tags(&c.url, &json!({ "user": i, "g": i % 100 })))
+        .collect();
+    let connections = open_all(urls, c.concurrency).await?;
+    let opened_in = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs_f64(args.settle_secs)).await;
+    let after = process_stats(c.server_pid);
+    let result = json!({
+        "scenario": "idle",
+        "server": c.server,
+        "connections": connections.len(),
+        "open_secs": round(opened_in),
+        "server_rss_kib_before": before.map(|b| b.1),
+        "server_rss_kib": after.map(|a| a.1),
+        "server_rss_bytes_per_connection": match (before, after) {
+            (Some((_, b)), Some((_, a))) => json!(((a.saturating_sub(b)) * 1024) / connections.len().max(1) as u64),
+            _ => serde_json::Value::Null,
+        },
+    });
+    drop(connections);
+    Ok(result)
+}
+
+async fn connect_rate(args: &ConnectArgs) -> anyhow::Result<serde_json::Value> {
+    let c = &args.common;
+    let next = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let before = process_stats(c.server_pid);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connectors.max(1) {
+        let (next, failures, url, n) = (next.clone(), failures.clone(), c.url.clone(), args.connections);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                match open(&url_with_tags(&url, &json!({ "user": i }))).await {
+                    Ok(mut ws) => {
+                        let _ = ws.close(None).await;
+                    }
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = process_stats(c.server_pid);
+    let failed = failures.load(Ordering::Relaxed);
+    Ok(json!({
+        "scenario": "connect",
+        "server": c.server,
+        "connections": args.connections,
+        "connectors": args.connectors,
+        "failed": failed,
+        "elapsed_secs": round(elapsed),
+        "connects_per_sec": ((args.connections - failed) as f64 / elapsed).round(),
+        "server_cpu_secs": match (before, after) { (Some(b), Some(a)) => json!(round(a.0 - b.0)), _ => serde_json::Value::Null },
+        "server_rss_kib": after.map(|a| a.1),
+    }))
+}
