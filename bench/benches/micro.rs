@@ -11,7 +11,12 @@ use tagcast::{Tags, TagsTree};
 fn tree(n: usize) -> TagsTree<usize> {
     let mut tree = TagsTree::new();
     for i in 0..n {
-        tree.add(i, Tags::new().with("g", (i / 100) as i64).with("user", i as i64));
+        tree.add(
+            i,
+            Tags::new()
+                .with("g", (i / 100) as i64)
+                .with("user", i as i64),
+        );
     }
     tree
 }
@@ -50,7 +55,8 @@ fn parsing(c: &mut Criterion) {
 }
 
 fn encoding(c: &mut Criterion) {
-    let message = serde_json::Value::String("Bonjour à tous, voici un message de 64 octets environ!".into());
+    let message =
+        serde_json::Value::String("Bonjour à tous, voici un message de 64 octets environ!".into());
     let tags = Tags::new().with("language", "FR").with("user", 42);
     c.bench_function("encode_raw_and_envelope", |b| {
         b.iter(|| {

@@ -316,7 +316,13 @@ async fn slow_subscriber(ws: Ws, mut stop: watch::Receiver<bool>) -> bool {
     }
 }
 
-async fn publisher(mut ws: Ws, index: usize, run: Arc<Run>, payload: usize, interval: Option<Duration>) -> anyhow::Result<()> {
+async fn publisher(
+    mut ws: Ws,
+    index: usize,
+    run: Arc<Run>,
+    payload: usize,
+    interval: Option<Duration>,
+) -> anyhow::Result<()> {
     let mut padding = String::new();
     for seq in 0..run.messages {
         match interval {
@@ -329,7 +335,10 @@ async fn publisher(mut ws: Ws, index: usize, run: Arc<Run>, payload: usize, inte
         let expected = run.expected_for(index, seq);
         let stamp = format!("{index}:{seq}:{}:", now_ns(run.start));
         padding.clear();
-        padding.extend(std::iter::repeat_n('x', payload.saturating_sub(stamp.len())));
+        padding.extend(std::iter::repeat_n(
+            'x',
+            payload.saturating_sub(stamp.len()),
+        ));
         let frame = format!(
             r#"{{"message":"{stamp}{padding}","tags":{{"g":{}}}}}"#,
             run.group_of(index, seq)
@@ -359,7 +368,11 @@ async fn fanout(args: &FanoutArgs, slow_percent: f64) -> anyhow::Result<serde_js
     }
     let slow_count = ((args.subscribers as f64) * slow_percent / 100.0).round() as usize;
     // Slow subscribers are spread over the groups: every slow-th subscriber.
-    let is_slow = |i: usize| slow_count > 0 && i % (args.subscribers / slow_count).max(1) == 0 && i / (args.subscribers / slow_count).max(1) < slow_count;
+    let is_slow = |i: usize| {
+        slow_count > 0
+            && i % (args.subscribers / slow_count).max(1) == 0
+            && i / (args.subscribers / slow_count).max(1) < slow_count
+    };
     let mut expected = vec![0u32; args.groups];
     let mut urls = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
@@ -389,7 +402,9 @@ async fn fanout(args: &FanoutArgs, slow_percent: f64) -> anyhow::Result<serde_js
         groups: args.groups,
         expected,
         received: (0..total).map(|_| AtomicU32::new(0)).collect(),
-        windows: (0..args.publishers).map(|_| Semaphore::new(args.in_flight.max(1))).collect(),
+        windows: (0..args.publishers)
+            .map(|_| Semaphore::new(args.in_flight.max(1)))
+            .collect(),
         completed: AtomicUsize::new(0),
         duplicates: AtomicU64::new(0),
         reordered: AtomicU64::new(0),
@@ -416,7 +431,13 @@ async fn fanout(args: &FanoutArgs, slow_percent: f64) -> anyhow::Result<serde_js
         .map(|r| Duration::from_secs_f64(args.publishers as f64 / r.max(0.001)));
     let mut senders = Vec::new();
     for (index, ws) in publishers.into_iter().enumerate() {
-        senders.push(tokio::spawn(publisher(ws, index, run.clone(), args.payload, interval)));
+        senders.push(tokio::spawn(publisher(
+            ws,
+            index,
+            run.clone(),
+            args.payload,
+            interval,
+        )));
     }
 
     // Wait until every request is completely delivered, or the timeout.
@@ -520,7 +541,12 @@ async fn connect_rate(args: &ConnectArgs) -> anyhow::Result<serde_json::Value> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.connectors.max(1) {
-        let (next, failures, url, n) = (next.clone(), failures.clone(), c.url.clone(), args.connections);
+        let (next, failures, url, n) = (
+            next.clone(),
+            failures.clone(),
+            c.url.clone(),
+            args.connections,
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);

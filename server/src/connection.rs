@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::collections::VecDeque;
 use tagcast::ServerFrame;
-use tokio::sync::mpsc;
 use tokio::time::timeout_at;
 
 use crate::close::{self, Closer};
@@ -19,28 +19,15 @@ use crate::metrics::{Metrics, Rejection, Transport};
 use crate::registry::{Connection, Offered};
 use crate::router::{Refusal, Router};
 
-/// How many queued frames one write batch takes at most before flushing.
-const MAX_BATCH: usize = 256;
-
 /// Runs a registered connection until it ends. Generic over the socket halves so the rules can
 /// be driven without a network.
-pub async fn run<W, R, E>(
-    sink: W,
-    stream: R,
-    conn: Arc<Connection>,
-    queue: mpsc::Receiver<Message>,
-    router: Arc<Router>,
-) where
+pub async fn run<W, R, E>(sink: W, stream: R, conn: Arc<Connection>, router: Arc<Router>)
+where
     W: Sink<Message, Error = E> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let writer = tokio::spawn(write_loop(
-        sink,
-        queue,
-        conn.clone(),
-        router.metrics.clone(),
-    ));
+    let writer = tokio::spawn(write_loop(sink, conn.clone(), router.metrics.clone()));
     read_loop(stream, &conn, &router).await;
     // The reader is done: make sure the writer ends too (no frame if nobody decided one).
     conn.closer.close_silently();
@@ -126,7 +113,7 @@ async fn handle_text(text: &str, conn: &Connection, router: &Router) {
 
 /// Queues a frame for the sender itself (ack or error), counting a slow consumer it causes.
 fn reply(conn: &Connection, router: &Router, frame: ServerFrame) {
-    let offered = conn.offer(Message::Text(Utf8Bytes::from(frame.to_json())));
+    let offered = conn.offer(Utf8Bytes::from(frame.to_json()));
     if offered == Offered::SlowConsumer {
         router.metrics.slow_consumers.inc();
     }
@@ -180,12 +167,8 @@ fn classify<E: std::error::Error + Send + Sync + 'static>(e: &E) -> (u16, &'stat
     (0, "connection lost")
 }
 
-async fn write_loop<W, E>(
-    mut sink: W,
-    mut queue: mpsc::Receiver<Message>,
-    conn: Arc<Connection>,
-    metrics: Arc<Metrics>,
-) where
+async fn write_loop<W, E>(mut sink: W, conn: Arc<Connection>, metrics: Arc<Metrics>)
+where
     W: Sink<Message, Error = E> + Unpin,
 {
     let closer: &Closer = &conn.closer;
@@ -193,22 +176,19 @@ async fn write_loop<W, E>(
     // the frame itself.
     let closed = closer.wait();
     tokio::pin!(closed);
+    // Frames taken from the outbox; swapped with it, so neither reallocates in steady state.
+    let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             biased;
             _ = &mut closed => break,
-            frame = queue.recv() => frame,
-        };
-        let Some(first) = first else { break };
-        let batch = async {
-            let mut bytes = frame_len(&first);
-            sink.feed(first).await?;
-            let mut taken = 1;
-            while taken < MAX_BATCH {
-                let Ok(frame) = queue.try_recv() else { break };
-                bytes += frame_len(&frame);
-                sink.feed(frame).await?;
-                taken += 1;
+            () = std::future::poll_fn(|cx| conn.outbox.poll_take(cx, &mut batch)) => {}
+        }
+        let write = async {
+            let mut bytes = 0;
+            while let Some(frame) = batch.pop_front() {
+                bytes += frame.len() as u64;
+                sink.feed(Message::Text(frame)).await?;
             }
             metrics.bytes_out.inc_by(bytes);
             sink.flush().await
@@ -218,14 +198,16 @@ async fn write_loop<W, E>(
         let written = tokio::select! {
             biased;
             _ = &mut closed => break,
-            written = batch => written,
+            written = write => written,
         };
         if written.is_err() {
             closer.close_silently();
+            conn.outbox.close();
             return;
         }
     }
     let Some(closing) = closer.closing() else {
+        conn.outbox.close();
         return;
     };
     if let Some((code, reason)) = &closing.frame {
@@ -238,20 +220,14 @@ async fn write_loop<W, E>(
             // What was queued before the close still goes out (nothing lost at shutdown), except
             // for a slow consumer, whose full queue is the problem.
             if reason != close::SLOW_CONSUMER {
-                while let Ok(frame) = queue.try_recv() {
-                    sink.feed(frame).await?;
+                conn.outbox.take(&mut batch);
+                while let Some(frame) = batch.pop_front() {
+                    sink.feed(Message::Text(frame)).await?;
                 }
             }
             sink.send(frame).await
         })
         .await;
     }
-}
-
-fn frame_len(frame: &Message) -> u64 {
-    match frame {
-        Message::Text(t) => t.len() as u64,
-        Message::Binary(b) => b.len() as u64,
-        _ => 0,
-    }
+    conn.outbox.close();
 }

@@ -17,19 +17,19 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tagcast::{ErrorCode, RequestId, Tags, SUBPROTOCOL};
-use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use crate::auth::Handshake;
 use crate::close::Closer;
 use crate::metrics::{Rejection, Transport};
+use crate::outbox::Outbox;
 use crate::registry::{Connection, Slot};
 use crate::router::Refusal;
 use crate::AppState;
 
 /// Read buffer of each connection. tungstenite's default (128 KiB) would cost that much per
 /// idle connection; requests are small, and larger frames grow the buffer as they arrive.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 512;
 /// Bytes a write batch accumulates before tungstenite writes to the socket (flush writes the
 /// rest); the buffer only grows on connections that receive.
 const WRITE_BUFFER: usize = 16 * 1024;
@@ -325,11 +325,10 @@ async fn open(
     envelope: bool,
     _slot: Slot,
 ) {
-    let (queue, queue_rx) = mpsc::channel(state.config.queue_size);
     let conn = Arc::new(Connection {
         id: state.registry.next_id(),
         envelope,
-        queue,
+        outbox: Outbox::new(state.config.queue_size),
         closer: Closer::default(),
         handshake,
     });
@@ -339,7 +338,7 @@ async fn open(
             .close(crate::close::GOING_AWAY, "server shutting down");
     }
     let (sink, stream) = socket.split();
-    crate::connection::run(sink, stream, conn.clone(), queue_rx, state.router.clone()).await;
+    crate::connection::run(sink, stream, conn.clone(), state.router.clone()).await;
     state.registry.unregister(&conn);
     tracing::debug!(connection = conn.id, "connection closed");
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod registry;
 pub mod router;
 pub mod tls;

@@ -4,12 +4,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use axum::extract::ws::Utf8Bytes;
 use tagcast::{Tags, TagsTree};
-use tokio::sync::mpsc;
 
 use crate::auth::Handshake;
 use crate::close::{Closer, GOING_AWAY, POLICY_VIOLATION, SLOW_CONSUMER};
+use crate::outbox::{Outbox, Push};
 
 /// What the router needs of one open connection.
 #[derive(Debug)]
@@ -19,7 +19,7 @@ pub struct Connection {
     /// Whether it speaks `tagcast.v1` (envelope frames) or raw frames.
     pub envelope: bool,
     /// Its bounded outgoing queue; a full queue means a slow consumer.
-    pub queue: mpsc::Sender<Message>,
+    pub outbox: Outbox,
     /// Closes it (first reason wins).
     pub closer: Closer,
     /// What it showed at the handshake, for `AuthManager::authorize_send`.
@@ -28,13 +28,13 @@ pub struct Connection {
 
 impl Connection {
     /// Queues a frame without waiting. A full queue closes the connection as a slow consumer.
-    pub fn offer(&self, frame: Message) -> Offered {
+    pub fn offer(&self, frame: Utf8Bytes) -> Offered {
         if self.closer.closing().is_some() {
             return Offered::Dropped;
         }
-        match self.queue.try_send(frame) {
-            Ok(()) => Offered::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match self.outbox.push(frame) {
+            Push::Queued => Offered::Queued,
+            Push::Full => {
                 if self.closer.close(POLICY_VIOLATION, SLOW_CONSUMER) {
                     tracing::info!(connection = self.id, "slow consumer: queue full, closing");
                     Offered::SlowConsumer
@@ -42,7 +42,7 @@ impl Connection {
                     Offered::Dropped
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Offered::Dropped,
+            Push::Closed => Offered::Dropped,
         }
     }
 }
@@ -169,7 +169,7 @@ impl Registry {
             } else {
                 raw.clone()
             };
-            match conn.offer(Message::Text(frame)) {
+            match conn.offer(frame) {
                 Offered::Queued => delivery.delivered += 1,
                 Offered::SlowConsumer => delivery.slow_consumers += 1,
                 Offered::Dropped => {}

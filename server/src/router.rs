@@ -136,7 +136,9 @@ impl Router {
         if let Some(bus) = &self.bus {
             // Published before the local delivery: a request the cluster cannot carry is
             // refused whole, never half delivered.
-            if let Err(e) = bus.publish(&tags_json, &raw).await {
+            // Boxed: the Redis future is large, and every connection's reader future would
+            // otherwise reserve room for it even while idle.
+            if let Err(e) = Box::pin(bus.publish(&tags_json, &raw)).await {
                 tracing::debug!(reason = %e.0, "refusing a request: {e}");
                 return Err(Refusal {
                     code: ErrorCode::Unavailable,
