@@ -1,6 +1,9 @@
 //! Micro-benchmarks of the per-request work: `find_by_tags` at 1k and 100k indexed connections
 //! with the same number of matches, request parsing, and frame encoding.
 
+// criterion's macros generate undocumented public functions.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use tagcast::envelope::encode_message_frame;
