@@ -1,7 +1,6 @@
 //! Tags and tag values: validation of PROTOCOL.md §1 and the canonical form (`5 == "5"`).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
@@ -111,14 +110,39 @@ impl From<String> for TagValue {
 /// assert_eq!(tags.get("user").unwrap().canonical(), "42");
 /// assert!(Tags::parse(r#"{"language": true}"#).unwrap_err().to_string().contains("language"));
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Tags(BTreeMap<String, TagValue>);
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tags(
+    /// Sorted by name, names unique. A vector, not a map: a connection has a few tags, and
+    /// a `BTreeMap` node would reserve room for eleven (over 600 bytes per connection).
+    Vec<(String, TagValue)>,
+);
+
+impl Serialize for Tags {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
 
 impl Tags {
     /// An empty tag set (matches every connection when used in a request).
     pub fn new() -> Self {
-        Tags(BTreeMap::new())
+        Tags(Vec::new())
+    }
+
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
+    /// Builds from pairs with unique names, in any order.
+    fn from_unsorted(mut pairs: Vec<(String, TagValue)>) -> Tags {
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs.shrink_to_fit();
+        Tags(pairs)
     }
 
     /// Parses and validates tags from JSON text. No bound on the count: see [`Tags::check_count`].
@@ -132,12 +156,13 @@ impl Tags {
     pub fn from_value(value: &Value) -> Result<Tags, TagsError> {
         match value {
             Value::Object(map) => {
-                let mut tags = BTreeMap::new();
+                let mut tags = Vec::with_capacity(map.len());
                 for (name, v) in map {
                     check_name(name)?;
-                    tags.insert(name.clone(), value_of(name, v)?);
+                    tags.push((name.clone(), value_of(name, v)?));
                 }
-                Ok(Tags(tags))
+                // A JSON object's names are unique once parsed.
+                Ok(Tags::from_unsorted(tags))
             }
             Value::Array(a) if a.is_empty() => Ok(Tags::new()),
             other => Err(TagsError::NotAnObject(json_kind(other))),
@@ -167,7 +192,10 @@ impl Tags {
         if let TagValue::String(s) = &value {
             check_value_len(&name, s)?;
         }
-        self.0.insert(name, value);
+        match self.position(&name) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (name, value)),
+        }
         Ok(())
     }
 
@@ -184,7 +212,7 @@ impl Tags {
 
     /// The value of one tag.
     pub fn get(&self, name: &str) -> Option<&TagValue> {
-        self.0.get(name)
+        self.position(name).ok().map(|i| &self.0[i].1)
     }
 
     /// How many tags there are.
@@ -205,16 +233,19 @@ impl Tags {
     /// Whether every `(name, value)` pair of `query` is in these tags (an empty query is
     /// contained in everything).
     pub fn contains_all(&self, query: &Tags) -> bool {
-        query.iter().all(|(n, v)| self.0.get(n) == Some(v))
+        query.iter().all(|(n, v)| self.get(n) == Some(v))
     }
 
     /// These tags with `defaults` added under them: a name present in both keeps this set's value.
     pub fn merged_over(&self, defaults: &Tags) -> Tags {
-        let mut out = defaults.0.clone();
+        let mut out = defaults.clone();
         for (k, v) in &self.0 {
-            out.insert(k.clone(), v.clone());
+            match out.position(k) {
+                Ok(i) => out.0[i].1 = v.clone(),
+                Err(i) => out.0.insert(i, (k.clone(), v.clone())),
+            }
         }
-        Tags(out)
+        out
     }
 
     /// The tags as compact JSON text.
@@ -239,12 +270,17 @@ impl std::str::FromStr for Tags {
 
 impl<N: Into<String>, V: Into<TagValue>> FromIterator<(N, V)> for Tags {
     /// Collects pairs without validation of lengths; prefer [`Tags::insert`] for untrusted input.
+    /// A name given twice keeps its last value.
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
-        Tags(
-            iter.into_iter()
-                .map(|(n, v)| (n.into(), v.into()))
-                .collect(),
-        )
+        let mut tags = Tags::new();
+        for (n, v) in iter {
+            let n = n.into();
+            match tags.position(&n) {
+                Ok(i) => tags.0[i].1 = v.into(),
+                Err(i) => tags.0.insert(i, (n, v.into())),
+            }
+        }
+        tags
     }
 }
 

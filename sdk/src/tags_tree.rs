@@ -27,7 +27,64 @@ pub struct TagsTree<K> {
     /// Every key with its own tags, to check the pairs a posting list walk did not use.
     entries: HashMap<K, Tags>,
     /// name -> canonical value -> the keys having that pair.
-    index: HashMap<String, HashMap<String, HashSet<K>>>,
+    index: HashMap<String, HashMap<String, Posting<K>>>,
+}
+
+/// The keys of one `(name, value)` pair. Most pairs of a per-user tag have one key: a set for
+/// each would cost a hash table per connection.
+#[derive(Debug, Clone)]
+enum Posting<K> {
+    One(K),
+    Many(HashSet<K>),
+}
+
+impl<K: Hash + Eq + Clone> Posting<K> {
+    fn len(&self) -> usize {
+        match self {
+            Posting::One(_) => 1,
+            Posting::Many(keys) => keys.len(),
+        }
+    }
+
+    fn insert(&mut self, key: K) {
+        match self {
+            Posting::One(existing) if *existing == key => {}
+            Posting::One(existing) => {
+                let mut keys = HashSet::with_capacity(2);
+                keys.insert(existing.clone());
+                keys.insert(key);
+                *self = Posting::Many(keys);
+            }
+            Posting::Many(keys) => {
+                keys.insert(key);
+            }
+        }
+    }
+
+    /// Removes `key`; returns whether the posting is now empty.
+    fn remove(&mut self, key: &K) -> bool {
+        let last = match self {
+            Posting::One(existing) => return existing == key,
+            Posting::Many(keys) => {
+                keys.remove(key);
+                if keys.len() != 1 {
+                    return keys.is_empty();
+                }
+                keys.drain().next()
+            }
+        };
+        if let Some(last) = last {
+            *self = Posting::One(last);
+        }
+        false
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&K)) {
+        match self {
+            Posting::One(key) => f(key),
+            Posting::Many(keys) => keys.iter().for_each(f),
+        }
+    }
 }
 
 impl<K> Default for TagsTree<K> {
@@ -49,12 +106,13 @@ impl<K: Hash + Eq + Clone> TagsTree<K> {
     pub fn add(&mut self, key: K, tags: Tags) {
         self.delete(&key);
         for (name, value) in tags.iter() {
-            self.index
-                .entry(name.to_owned())
-                .or_default()
-                .entry(value.canonical().into_owned())
-                .or_default()
-                .insert(key.clone());
+            let values = self.index.entry(name.to_owned()).or_default();
+            match values.get_mut(value.canonical().as_ref()) {
+                Some(posting) => posting.insert(key.clone()),
+                None => {
+                    values.insert(value.canonical().into_owned(), Posting::One(key.clone()));
+                }
+            }
         }
         self.entries.insert(key, tags);
     }
@@ -67,9 +125,8 @@ impl<K: Hash + Eq + Clone> TagsTree<K> {
                 continue;
             };
             let canonical = value.canonical();
-            if let Some(keys) = values.get_mut(canonical.as_ref()) {
-                keys.remove(key);
-                if keys.is_empty() {
+            if let Some(posting) = values.get_mut(canonical.as_ref()) {
+                if posting.remove(key) {
                     values.remove(canonical.as_ref());
                 }
             }
@@ -108,7 +165,7 @@ impl<K: Hash + Eq + Clone> TagsTree<K> {
             return;
         }
         // The smallest posting list bounds the work; a missing pair means no match at all.
-        let mut smallest: Option<(&HashSet<K>, &str)> = None;
+        let mut smallest: Option<(&Posting<K>, &str)> = None;
         for (name, value) in query.iter() {
             let Some(keys) = self
                 .index
@@ -125,12 +182,12 @@ impl<K: Hash + Eq + Clone> TagsTree<K> {
             return;
         };
         if query.len() == 1 {
-            keys.iter().for_each(f);
+            keys.for_each(f);
             return;
         }
-        for key in keys {
+        keys.for_each(|key| {
             let Some(own) = self.entries.get(key) else {
-                continue;
+                return;
             };
             if query
                 .iter()
@@ -138,7 +195,7 @@ impl<K: Hash + Eq + Clone> TagsTree<K> {
             {
                 f(key);
             }
-        }
+        });
     }
 
     /// The keys whose tags contain `query`, in no particular order.

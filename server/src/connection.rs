@@ -1,55 +1,80 @@
-//! One connection: reader loop, writer loop, bounded queue, close codes.
+//! One connection: a single task that reads requests, writes what is queued for it, and
+//! closes it with the right code.
 //!
-//! The reader routes each request completely before reading the next frame (per-sender order).
-//! The writer drains what is queued, writes it as one batch and flushes once. Either side can
-//! decide a close through the connection's [`Closer`](crate::close::Closer); the writer then sends
-//! the close frame, the reader reads until the peer answers, and the TCP connection is dropped
-//! by the deadline whatever happens.
+//! Each request is routed completely before the next frame is read (per-sender order). What the
+//! router queues in the connection's [`Outbox`](crate::outbox::Outbox) is written as one batch
+//! and flushed once. Anyone can decide a close through the connection's
+//! [`Closer`](crate::close::Closer); the task then writes what was queued (unless the queue
+//! overflowed), sends the close frame, reads until the peer answers, and drops the TCP
+//! connection by the deadline whatever happens. One task per connection, not a reader and a
+//! writer: an idle connection costs one future, not two, and no lock around a split socket.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::collections::VecDeque;
 use tagcast::ServerFrame;
 use tokio::time::timeout_at;
 
-use crate::close::{self, Closer};
-use crate::metrics::{Metrics, Rejection, Transport};
-use crate::registry::{Connection, Offered};
+use crate::close;
+use crate::metrics::{Rejection, Transport};
+use crate::registry::{Connection, Offered, Registered};
 use crate::router::{Refusal, Router};
 
-/// Runs a registered connection until it ends. Generic over the socket halves so the rules can
-/// be driven without a network.
-pub async fn run<W, R, E>(sink: W, stream: R, conn: Arc<Connection>, router: Arc<Router>)
-where
-    W: Sink<Message, Error = E> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, E>> + Unpin,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let writer = tokio::spawn(write_loop(sink, conn.clone(), router.metrics.clone()));
-    read_loop(stream, &conn, &router).await;
-    // The reader is done: make sure the writer ends too (no frame if nobody decided one).
-    conn.closer.close_silently();
-    let _ = writer.await;
+/// What woke the connection up.
+enum Event<T> {
+    /// A close was decided.
+    Closing,
+    /// Frames were taken from the outbox.
+    Write,
+    /// The peer sent something (or the socket ended).
+    Read(Option<T>),
 }
 
-async fn read_loop<R, E>(mut stream: R, conn: &Connection, router: &Router)
+/// Runs a registered connection until it ends. Generic over the socket so the rules can be
+/// driven without a network.
+pub async fn run<S, E>(mut socket: S, registered: Registered, router: Arc<Router>)
 where
-    R: Stream<Item = Result<Message, E>> + Unpin,
+    S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
+    let conn = &registered.conn;
+    // One waiter for the whole loop: registering a new one per frame would cost more than
+    // the frame itself.
     let closed = conn.closer.wait();
     tokio::pin!(closed);
+    // Frames taken from the outbox; swapped with it, so neither reallocates in steady state.
+    let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
     loop {
-        let next = tokio::select! {
+        let event = tokio::select! {
             biased;
-            _ = &mut closed => break,
-            next = stream.next() => next,
+            _ = &mut closed => Event::Closing,
+            () = std::future::poll_fn(|cx| conn.outbox.poll_take(cx, &mut batch)) => Event::Write,
+            next = socket.next() => Event::Read(next),
         };
-        match next {
-            None => return,
-            Some(Err(e)) => {
+        match event {
+            Event::Closing => break,
+            Event::Write => {
+                let bytes: u64 = batch.iter().map(|f| f.len() as u64).sum();
+                // A peer that stops reading blocks the write: a close decided meanwhile (slow
+                // consumer, shutdown) must still end the connection by its deadline.
+                let written = tokio::select! {
+                    biased;
+                    _ = &mut closed => break,
+                    written = write_all(&mut socket, &mut batch) => written,
+                };
+                router.metrics.bytes_out.inc_by(bytes);
+                if written.is_err() {
+                    conn.closer.close_silently();
+                    break;
+                }
+            }
+            Event::Read(None) => {
+                conn.closer.close_silently();
+                break;
+            }
+            Event::Read(Some(Err(e))) => {
                 let (code, reason) = classify(&e);
                 tracing::debug!(connection = conn.id, code, reason, "read error");
                 if code == close::MESSAGE_TOO_BIG {
@@ -61,44 +86,82 @@ where
                     conn.closer.close(code, reason);
                 }
             }
-            Some(Ok(Message::Text(text))) => {
-                router.metrics.bytes_in.inc_by(text.len() as u64);
-                handle_text(&text, conn, router).await;
-            }
-            Some(Ok(Message::Binary(data))) => {
-                router.metrics.bytes_in.inc_by(data.len() as u64);
-                router.metrics.received(Transport::WebSocket);
-                router.metrics.rejected(Rejection::BadRequest);
-                refuse(
-                    conn,
-                    router,
-                    None,
-                    Refusal {
+            Event::Read(Some(Ok(message))) => match message {
+                Message::Text(text) => {
+                    router.metrics.bytes_in.inc_by(text.len() as u64);
+                    // Boxed: routing holds large state (parsing, the cluster publish) only while
+                    // it runs, instead of reserving it in every idle connection's future.
+                    Box::pin(handle_text(&text, conn, &router)).await;
+                }
+                Message::Binary(data) => {
+                    router.metrics.bytes_in.inc_by(data.len() as u64);
+                    router.metrics.received(Transport::WebSocket);
+                    router.metrics.rejected(Rejection::BadRequest);
+                    let refusal = Refusal {
                         code: tagcast::ErrorCode::BadRequest,
                         text: "binary frames are not accepted: send a JSON text frame".into(),
-                    },
-                );
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            Some(Ok(Message::Close(_))) => {
-                // The peer closes: tungstenite answers it as we keep reading to the end.
-                conn.closer.close_silently();
-            }
+                    };
+                    refuse(conn, &router, None, refusal);
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                // The peer closes: tungstenite answers it as we read on to the end.
+                Message::Close(_) => {
+                    conn.closer.close_silently();
+                }
+            },
         }
     }
-    // Closing: keep reading (and dropping) until the peer answers the close or the deadline.
-    let deadline = conn
-        .closer
-        .closing()
-        .map(|c| c.deadline)
-        .unwrap_or_else(std::time::Instant::now);
-    let deadline = tokio::time::Instant::from_std(deadline);
-    while let Ok(Some(Ok(_))) = timeout_at(deadline, stream.next()).await {}
+    Box::pin(finish(socket, conn, batch)).await;
+    conn.outbox.close();
+}
+
+/// Writes and flushes a batch.
+async fn write_all<S, E>(socket: &mut S, batch: &mut VecDeque<Utf8Bytes>) -> Result<(), E>
+where
+    S: Sink<Message, Error = E> + Unpin,
+{
+    while let Some(frame) = batch.pop_front() {
+        socket.feed(Message::Text(frame)).await?;
+    }
+    socket.flush().await
+}
+
+/// The closing handshake, bounded by the close's deadline: what was queued before the close
+/// still goes out (nothing lost at shutdown) unless the queue overflowed, then the close frame,
+/// then reading until the peer answers.
+async fn finish<S, E>(mut socket: S, conn: &Connection, mut batch: VecDeque<Utf8Bytes>)
+where
+    S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
+{
+    let Some(closing) = conn.closer.closing() else {
+        return;
+    };
+    let deadline = tokio::time::Instant::from_std(closing.deadline);
+    if let Some((code, reason)) = &closing.frame {
+        let frame = Message::Close(Some(CloseFrame {
+            code: *code,
+            reason: Utf8Bytes::from(reason.as_str()),
+        }));
+        let sent = timeout_at(deadline, async {
+            if reason != close::SLOW_CONSUMER {
+                conn.outbox.take(&mut batch);
+                while let Some(frame) = batch.pop_front() {
+                    socket.feed(Message::Text(frame)).await?;
+                }
+            }
+            socket.send(frame).await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+    }
+    while let Ok(Some(Ok(_))) = timeout_at(deadline, socket.next()).await {}
 }
 
 async fn handle_text(text: &str, conn: &Connection, router: &Router) {
     let (id, result) = router
-        .route_text(text, conn.envelope, &conn.handshake)
+        .route_text(text, conn.envelope, &conn.handshake())
         .await;
     match result {
         Ok(delivered) => {
@@ -165,69 +228,4 @@ fn classify<E: std::error::Error + Send + Sync + 'static>(e: &E) -> (u16, &'stat
         source = err.source();
     }
     (0, "connection lost")
-}
-
-async fn write_loop<W, E>(mut sink: W, conn: Arc<Connection>, metrics: Arc<Metrics>)
-where
-    W: Sink<Message, Error = E> + Unpin,
-{
-    let closer: &Closer = &conn.closer;
-    // One waiter for the whole loop: registering a new one per frame would cost more than
-    // the frame itself.
-    let closed = closer.wait();
-    tokio::pin!(closed);
-    // Frames taken from the outbox; swapped with it, so neither reallocates in steady state.
-    let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut closed => break,
-            () = std::future::poll_fn(|cx| conn.outbox.poll_take(cx, &mut batch)) => {}
-        }
-        let write = async {
-            let mut bytes = 0;
-            while let Some(frame) = batch.pop_front() {
-                bytes += frame.len() as u64;
-                sink.feed(Message::Text(frame)).await?;
-            }
-            metrics.bytes_out.inc_by(bytes);
-            sink.flush().await
-        };
-        // A peer that stops reading blocks the write: a close decided meanwhile (slow consumer,
-        // shutdown) must still end the connection by its deadline.
-        let written = tokio::select! {
-            biased;
-            _ = &mut closed => break,
-            written = write => written,
-        };
-        if written.is_err() {
-            closer.close_silently();
-            conn.outbox.close();
-            return;
-        }
-    }
-    let Some(closing) = closer.closing() else {
-        conn.outbox.close();
-        return;
-    };
-    if let Some((code, reason)) = &closing.frame {
-        let frame = Message::Close(Some(CloseFrame {
-            code: *code,
-            reason: Utf8Bytes::from(reason.as_str()),
-        }));
-        let deadline = tokio::time::Instant::from_std(closing.deadline);
-        let _ = timeout_at(deadline, async {
-            // What was queued before the close still goes out (nothing lost at shutdown), except
-            // for a slow consumer, whose full queue is the problem.
-            if reason != close::SLOW_CONSUMER {
-                conn.outbox.take(&mut batch);
-                while let Some(frame) = batch.pop_front() {
-                    sink.feed(Message::Text(frame)).await?;
-                }
-            }
-            sink.send(frame).await
-        })
-        .await;
-    }
-    conn.outbox.close();
 }

@@ -9,12 +9,11 @@ use axum::body::Body;
 use axum::extract::connect_info::Connected;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use axum::Json;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tagcast::{ErrorCode, RequestId, Tags, SUBPROTOCOL};
 use tower::ServiceExt;
@@ -23,7 +22,7 @@ use crate::auth::Handshake;
 use crate::close::Closer;
 use crate::metrics::{Rejection, Transport};
 use crate::outbox::Outbox;
-use crate::registry::{Connection, Slot};
+use crate::registry::{Connection, Registered, Slot};
 use crate::router::Refusal;
 use crate::AppState;
 
@@ -295,15 +294,7 @@ async fn websocket_or_426(
             }
         },
     };
-    let handshake = if state.auth.keeps_handshake() {
-        handshake
-    } else {
-        Handshake {
-            peer,
-            query: Vec::new(),
-            headers: HeaderMap::new(),
-        }
-    };
+    let handshake = state.auth.keeps_handshake().then(|| Box::new(handshake));
     let max = state.config.max_message_bytes;
     let upgrade = upgrade
         .protocols([SUBPROTOCOL])
@@ -312,33 +303,38 @@ async fn websocket_or_426(
         .max_message_size(max)
         .max_frame_size(max);
     let envelope = upgrade.selected_protocol().is_some();
-    upgrade.on_upgrade(move |socket| async move {
-        open(socket, state, handshake, tags, envelope, slot).await
+    upgrade.on_upgrade(move |socket| {
+        // Registered before the first poll, and the connection's own future is what the
+        // upgrade task runs: no wrapper future holding a second copy of the socket.
+        let registered = register(&state, peer, handshake, tags, envelope, slot);
+        crate::connection::run(socket, registered, state.router.clone())
     })
 }
 
-async fn open(
-    socket: axum::extract::ws::WebSocket,
-    state: Arc<AppState>,
-    handshake: Handshake,
+fn register(
+    state: &AppState,
+    peer: SocketAddr,
+    handshake: Option<Box<Handshake>>,
     tags: Tags,
     envelope: bool,
-    _slot: Slot,
-) {
+    slot: Slot,
+) -> Registered {
     let conn = Arc::new(Connection {
         id: state.registry.next_id(),
         envelope,
         outbox: Outbox::new(state.config.queue_size),
         closer: Closer::default(),
+        peer,
         handshake,
     });
-    tracing::debug!(connection = conn.id, peer = %conn.handshake.peer, tags = %tags.to_json(), envelope, "connection opened");
+    tracing::debug!(connection = conn.id, peer = %conn.peer, tags = %tags.to_json(), envelope, "connection opened");
     if !state.registry.register(conn.clone(), tags) {
         conn.closer
             .close(crate::close::GOING_AWAY, "server shutting down");
     }
-    let (sink, stream) = socket.split();
-    crate::connection::run(sink, stream, conn.clone(), state.router.clone()).await;
-    state.registry.unregister(&conn);
-    tracing::debug!(connection = conn.id, "connection closed");
+    Registered {
+        conn,
+        registry: state.registry.clone(),
+        _slot: slot,
+    }
 }

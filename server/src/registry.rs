@@ -22,11 +22,26 @@ pub struct Connection {
     pub outbox: Outbox,
     /// Closes it (first reason wins).
     pub closer: Closer,
-    /// What it showed at the handshake, for `AuthManager::authorize_send`.
-    pub handshake: Handshake,
+    /// The peer's address.
+    pub peer: std::net::SocketAddr,
+    /// What it showed at the handshake, kept only for auth managers whose `authorize_send`
+    /// reads it (`AuthManager::keeps_handshake`).
+    pub handshake: Option<Box<Handshake>>,
 }
 
 impl Connection {
+    /// The handshake `authorize_send` sees: the kept one, or the peer address alone.
+    pub fn handshake(&self) -> std::borrow::Cow<'_, Handshake> {
+        match &self.handshake {
+            Some(h) => std::borrow::Cow::Borrowed(h),
+            None => std::borrow::Cow::Owned(Handshake {
+                peer: self.peer,
+                query: Vec::new(),
+                headers: Default::default(),
+            }),
+        }
+    }
+
     /// Queues a frame without waiting. A full queue closes the connection as a slow consumer.
     pub fn offer(&self, frame: Utf8Bytes) -> Offered {
         if self.closer.closing().is_some() {
@@ -95,6 +110,25 @@ pub struct Delivery {
     pub delivered: u64,
     /// Connections this delivery closed because their queue was full.
     pub slow_consumers: u64,
+}
+
+/// A connection in the index, removed from it (and its slot released) when dropped, however
+/// the connection's task ends.
+#[derive(Debug)]
+pub struct Registered {
+    /// The connection.
+    pub conn: Arc<Connection>,
+    /// The index it is in.
+    pub registry: Arc<Registry>,
+    /// Its `--max-connections` slot.
+    pub _slot: Slot,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.unregister(&self.conn);
+        tracing::debug!(connection = self.conn.id, "connection closed");
+    }
 }
 
 /// A reserved connection slot, released when dropped (also when an upgrade never completes).
