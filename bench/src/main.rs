@@ -86,6 +86,9 @@ struct FanoutArgs {
     /// Give up waiting for deliveries after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Connect the publishers to this URL instead of --url (another node of a cluster).
+    #[arg(long)]
+    publish_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -176,14 +179,57 @@ async fn open(url: &str) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
+/// Opens a connection whose socket receives into a 4 KiB buffer, like a client on a slow
+/// link: the server's queue for it fills after a few megabytes, not after the kernel's
+/// auto-tuned buffers (several megabytes on loopback) soak everything up.
+async fn open_slow(url: &str) -> anyhow::Result<Ws> {
+    let authority = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(rest))
+        .context("a ws:// URL")?;
+    let addr = tokio::net::lookup_host(authority)
+        .await?
+        .next()
+        .context("resolving the server")?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_recv_buffer_size(4096)?;
+    let stream = socket.connect(addr).await?;
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        url,
+        MaybeTlsStream::Plain(stream),
+        Some(config),
+    )
+    .await?;
+    Ok(ws)
+}
+
 /// Opens one connection per URL, `concurrency` at a time, in order.
 async fn open_all(urls: Vec<String>, concurrency: usize) -> anyhow::Result<Vec<Ws>> {
+    open_all_with(urls, concurrency, |_| false).await
+}
+
+/// Like [`open_all`], opening the connections `slow` picks with [`open_slow`].
+async fn open_all_with(
+    urls: Vec<String>,
+    concurrency: usize,
+    slow: impl Fn(usize) -> bool,
+) -> anyhow::Result<Vec<Ws>> {
     let semaphore = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(urls.len());
-    for url in urls {
+    for (i, url) in urls.into_iter().enumerate() {
         let permit = semaphore.clone().acquire_owned().await?;
+        let is_slow = slow(i);
         tasks.push(tokio::spawn(async move {
-            let ws = open(&url).await;
+            let ws = if is_slow {
+                open_slow(&url).await
+            } else {
+                open(&url).await
+            };
             drop(permit);
             ws
         }));
@@ -383,10 +429,11 @@ async fn fanout(args: &FanoutArgs, slow_percent: f64) -> anyhow::Result<serde_js
         urls.push(url_with_tags(&c.url, &json!({ "g": g })));
     }
     let setup = Instant::now();
-    let subscribers = open_all(urls, c.concurrency).await?;
+    let subscribers = open_all_with(urls, c.concurrency, is_slow).await?;
+    let publish_url = args.publish_url.as_deref().unwrap_or(&c.url);
     let publishers = open_all(
         (0..args.publishers)
-            .map(|p| url_with_tags(&c.url, &json!({ "publisher": p })))
+            .map(|p| url_with_tags(publish_url, &json!({ "publisher": p })))
             .collect(),
         c.concurrency,
     )

@@ -3,7 +3,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 /// Normal closure (answer to a client's close).
 pub const NORMAL: u16 = 1000;
@@ -37,12 +39,15 @@ pub struct Closing {
     pub deadline: Instant,
 }
 
-/// A one-shot switch: the first `close` wins, later ones are ignored; the connection's writer
+/// A one-shot switch: the first `close` wins, later ones are ignored; the connection's task
 /// wakes up, sends the frame, and the connection ends before the deadline.
+///
+/// One task waits on it (the connection's), so an `AtomicWaker` is enough: polling it is an
+/// atomic swap, where a `Notify` would take a lock on every wake-up of the task.
 #[derive(Debug, Default)]
 pub struct Closer {
     closing: OnceLock<Closing>,
-    wake: Notify,
+    waiter: AtomicWaker,
 }
 
 impl Closer {
@@ -66,9 +71,7 @@ impl Closer {
             })
             .is_ok();
         if first {
-            // Two tasks wait (reader and writer): wake both, now and later.
-            self.wake.notify_waiters();
-            self.wake.notify_one();
+            self.waiter.wake();
         }
         first
     }
@@ -78,15 +81,21 @@ impl Closer {
         self.closing.get()
     }
 
-    /// Waits until a close is decided.
-    pub async fn wait(&self) -> &Closing {
-        loop {
-            let notified = self.wake.notified();
-            if let Some(c) = self.closing.get() {
-                return c;
-            }
-            notified.await;
+    /// Ready once a close is decided; registers the waiting task otherwise.
+    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<&Closing> {
+        if let Some(c) = self.closing.get() {
+            return Poll::Ready(c);
         }
+        self.waiter.register(cx.waker());
+        match self.closing.get() {
+            Some(c) => Poll::Ready(c),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Waits until a close is decided (one waiting task at a time).
+    pub async fn wait(&self) -> &Closing {
+        std::future::poll_fn(|cx| self.poll_wait(cx)).await
     }
 }
 

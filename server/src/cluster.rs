@@ -233,8 +233,7 @@ impl RedisBus {
         let delivery = registry.deliver(&tags, &raw, || {
             Utf8Bytes::from(encode_message_frame(&raw, &tags.to_json()))
         });
-        metrics.deliveries.inc_by(delivery.delivered);
-        metrics.slow_consumers.inc_by(delivery.slow_consumers);
+        metrics.record(&delivery);
     }
 
     /// Publishes one accepted request to the other nodes.

@@ -56,7 +56,6 @@ where
         match event {
             Event::Closing => break,
             Event::Write => {
-                let bytes: u64 = batch.iter().map(|f| f.len() as u64).sum();
                 // A peer that stops reading blocks the write: a close decided meanwhile (slow
                 // consumer, shutdown) must still end the connection by its deadline.
                 let written = tokio::select! {
@@ -64,7 +63,6 @@ where
                     _ = &mut closed => break,
                     written = write_all(&mut socket, &mut batch) => written,
                 };
-                router.metrics.bytes_out.inc_by(bytes);
                 if written.is_err() {
                     conn.closer.close_silently();
                     break;
@@ -176,9 +174,16 @@ async fn handle_text(text: &str, conn: &Connection, router: &Router) {
 
 /// Queues a frame for the sender itself (ack or error), counting a slow consumer it causes.
 fn reply(conn: &Connection, router: &Router, frame: ServerFrame) {
-    let offered = conn.offer(Utf8Bytes::from(frame.to_json()));
-    if offered == Offered::SlowConsumer {
-        router.metrics.slow_consumers.inc();
+    let frame = Utf8Bytes::from(frame.to_json());
+    let len = frame.len() as u64;
+    match conn.offer(frame) {
+        Offered::Queued => {
+            router.metrics.bytes_out.inc_by(len);
+        }
+        Offered::SlowConsumer => {
+            router.metrics.slow_consumers.inc();
+        }
+        Offered::Dropped => {}
     }
 }
 

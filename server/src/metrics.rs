@@ -63,7 +63,7 @@ pub struct Metrics {
     handshakes_503: Counter,
     /// Bytes of WebSocket messages and HTTP bodies received.
     pub bytes_in: Counter,
-    /// Bytes of WebSocket messages written.
+    /// Bytes of messages queued for connections (counted per request, not per write).
     pub bytes_out: Counter,
     /// Time from a request's arrival to its last enqueue, in seconds.
     pub routing_latency: Histogram,
@@ -152,7 +152,7 @@ impl Metrics {
         let bytes_out = Counter::default();
         registry.register(
             "sent_bytes",
-            "Bytes of WebSocket messages written to connections",
+            "Bytes of messages queued for WebSocket connections",
             bytes_out.clone(),
         );
         // 10 µs to about 5 s.
@@ -193,6 +193,15 @@ impl Metrics {
             bytes_in,
             bytes_out,
             routing_latency,
+        }
+    }
+
+    /// Counts what one delivery queued: a few additions per request, none per recipient.
+    pub fn record(&self, delivery: &crate::registry::Delivery) {
+        self.deliveries.inc_by(delivery.delivered);
+        self.bytes_out.inc_by(delivery.bytes);
+        if delivery.slow_consumers > 0 {
+            self.slow_consumers.inc_by(delivery.slow_consumers);
         }
     }
 

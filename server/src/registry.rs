@@ -110,6 +110,8 @@ pub struct Delivery {
     pub delivered: u64,
     /// Connections this delivery closed because their queue was full.
     pub slow_consumers: u64,
+    /// Bytes queued, all recipients together.
+    pub bytes: u64,
 }
 
 /// A connection in the index, removed from it (and its slot released) when dropped, however
@@ -203,8 +205,12 @@ impl Registry {
             } else {
                 raw.clone()
             };
+            let len = frame.len() as u64;
             match conn.offer(frame) {
-                Offered::Queued => delivery.delivered += 1,
+                Offered::Queued => {
+                    delivery.delivered += 1;
+                    delivery.bytes += len;
+                }
                 Offered::SlowConsumer => delivery.slow_consumers += 1,
                 Offered::Dropped => {}
             }

@@ -149,8 +149,7 @@ impl Router {
         let delivery = self.registry.deliver(&tags, &raw, || {
             Utf8Bytes::from(encode_message_frame(&raw, &tags_json))
         });
-        self.metrics.deliveries.inc_by(delivery.delivered);
-        self.metrics.slow_consumers.inc_by(delivery.slow_consumers);
+        self.metrics.record(&delivery);
         tracing::debug!(delivered = delivery.delivered, tags = %tags_json, "routed");
         Ok(delivery.delivered)
     }

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Runs every benchmark scenario against Tagcast and the Node `ws` baseline, one after the
+other on this machine, and checks the targets of BENCHMARKS.md as ratios of one run.
+
+    cargo build --release -p tagcast-server -p tagcast-bench
+    (cd bench/baselines && npm ci)
+    python3 bench/compare.py --out bench/results.jsonl --plot bench/fanout.png
+
+Each scenario starts a fresh server (release `tagcast serve`, or `node ws-server.mjs`) on a
+free loopback port, runs `tagcast-bench` against it, and stops it. Results are appended as
+JSON lines; a summary of the targets is printed at the end.
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "target", "release", "tagcast-bench")
+TAGCAST = os.path.join(ROOT, "target", "release", "tagcast")
+BASELINE = os.path.join(ROOT, "bench", "baselines", "ws-server.mjs")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server process on a free port, stopped on exit."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.port = free_port()
+        if kind == "tagcast":
+            cmd = [TAGCAST, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        else:
+            cmd = ["node", BASELINE, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 10
+        line = ""
+        while time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if "listening on" in line:
+                break
+        else:
+            raise RuntimeError(f"{kind} did not start: {line}")
+        # Keep draining stderr so the server never blocks on a full pipe.
+        self.drain = subprocess.Popen(["cat"], stdin=self.proc.stderr, stdout=subprocess.DEVNULL)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.drain.wait()
+        time.sleep(0.5)
+
+
+def bench(server, scenario, *args):
+    cmd = [BENCH, scenario, "--url", f"ws://127.0.0.1:{server.port}", "--server", server.kind,
+           "--server-pid", str(server.proc.pid), *map(str, args)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def run(kind, scenario, *args):
+    with Server(kind) as server:
+        return bench(server, scenario, *args)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results.jsonl"))
+    parser.add_argument("--plot", default=os.path.join(ROOT, "bench", "fanout.png"))
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
+    opts = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    servers = ["tagcast", "ws"]
+    q = 10 if opts.quick else 1
+    rows = []
+    r = {}
+
+    # 1. Idle memory at 19,000 connections.
+    idle = 2000 if opts.quick else 19000
+    for s in servers:
+        r[("idle", s)] = run(s, "idle", "--connections", idle)
+    # 2. Burst fan-out: 1,000 subscribers, one group, 64-byte payloads, 16 requests in flight.
+    for s in servers:
+        r[("burst", s)] = run(s, "fanout", "--subscribers", 1000, "--groups", 1, "--payload", 64,
+                              "--in-flight", 16, "--messages", 3000 // q)
+    # 3. Fan-out that cannot batch: 10,000 subscribers, 100 groups, one request in flight.
+    for s in servers:
+        r[("nobatch", s)] = run(s, "fanout", "--subscribers", 10000 // q, "--groups", 100,
+                                "--in-flight", 1, "--messages", 3000 // q)
+    # 4. Latency at half the baseline's maximum rate, 10,000 subscribers (100 groups).
+    r[("max", "ws")] = run("ws", "fanout", "--subscribers", 10000 // q, "--groups", 100,
+                           "--in-flight", 64, "--messages", 20000 // q)
+    per_request = (10000 // q) / 100  # subscribers in a group: deliveries per request
+    max_rate = r[("max", "ws")]["deliveries_per_sec"] / per_request
+    half = max(1.0, max_rate / 2)
+    for s in servers:
+        r[("latency", s)] = run(s, "fanout", "--subscribers", 10000 // q, "--groups", 100,
+                                "--rate", f"{half:.1f}", "--messages", int(half * 10))
+    # 5. Handshakes per second with 64 concurrent connectors.
+    for s in servers:
+        r[("connect", s)] = run(s, "connect", "--connections", 10000 // q, "--connectors", 64)
+    # 6. Slow consumers: 1% of 1,000 subscribers never read (with 4 KiB receive buffers), with
+    # enough data (8 MB each) to overflow their queues; the same run without them to compare.
+    r[("slow", "tagcast")] = run("tagcast", "slow", "--subscribers", 1000, "--groups", 1, "--in-flight", 16,
+                                 "--messages", 8000 // q, "--payload", 1024, "--slow-percent", 1)
+    r[("burst1k", "tagcast")] = run("tagcast", "fanout", "--subscribers", 1000, "--groups", 1,
+                                    "--in-flight", 16, "--messages", 8000 // q, "--payload", 1024)
+    # The plot: burst fan-out against subscribers.
+    for subs in ([100, 1000, 5000, 10000] if not opts.quick else [100, 1000]):
+        for s in servers:
+            res = run(s, "fanout", "--subscribers", subs, "--groups", 1, "--in-flight", 16,
+                      "--messages", max(50, 2_000_000 // subs // q))
+            rows.append(res)
+    with open(opts.out, "w") as f:
+        for res in list(r.values()) + rows:
+            f.write(json.dumps(res) + "\n")
+    sweep = opts.out.replace(".jsonl", "") + "-sweep.jsonl"
+    with open(sweep, "w") as f:
+        for res in rows:
+            f.write(json.dumps(res) + "\n")
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "plot.py"), sweep, "-o", opts.plot], check=True)
+
+    t, w = "tagcast", "ws"
+    lines = []
+    def check(name, ok, detail):
+        lines.append(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    per = r[("idle", t)]["server_rss_bytes_per_connection"]
+    check("1 idle memory <= 4 KiB/connection", per <= 4096,
+          f"{per} B/connection (ws: {r[('idle', w)]['server_rss_bytes_per_connection']} B)")
+    ratio = r[("burst", t)]["deliveries_per_sec"] / r[("burst", w)]["deliveries_per_sec"]
+    check("2 burst fan-out >= 5x", ratio >= 5, f"{ratio:.2f}x ({r[('burst', t)]['deliveries_per_sec']:.0f} vs {r[('burst', w)]['deliveries_per_sec']:.0f}/s)")
+    ratio = r[("nobatch", t)]["deliveries_per_sec"] / r[("nobatch", w)]["deliveries_per_sec"]
+    cpu = r[("nobatch", t)]["server_cpu_us_per_delivery"] / r[("nobatch", w)]["server_cpu_us_per_delivery"]
+    check("3 no-batch fan-out >= 1x, CPU/delivery <= 0.6x", ratio >= 1 and cpu <= 0.6, f"{ratio:.2f}x throughput, {cpu:.2f}x CPU per delivery")
+    p99 = r[("latency", t)]["latency_p99_us"] / max(1, r[("latency", w)]["latency_p99_us"])
+    check("4 p99 at half the baseline's max rate <= 0.5x", p99 <= 0.5,
+          f"{p99:.2f}x ({r[('latency', t)]['latency_p99_us']} vs {r[('latency', w)]['latency_p99_us']} us at {half:.0f} req/s)")
+    ratio = r[("connect", t)]["connects_per_sec"] / r[("connect", w)]["connects_per_sec"]
+    check("5 handshakes/s >= 2x", ratio >= 2, f"{ratio:.2f}x ({r[('connect', t)]['connects_per_sec']:.0f} vs {r[('connect', w)]['connects_per_sec']:.0f}/s)")
+    keep = r[("slow", t)]["deliveries_per_sec"] / r[("burst1k", t)]["deliveries_per_sec"]
+    check("6 slow consumers: others keep >= 90%", keep >= 0.9,
+          f"{keep:.2f} of the throughput without slow ones; {r[('slow', t)]['slow_disconnected']}/{r[('slow', t)]['slow_subscribers']} slow ones disconnected; RSS {r[('slow', t)]['server_rss_kib']} KiB")
+    lost = sum(v.get("lost", 0) + v.get("reordered", 0) + v.get("duplicates", 0) for (k, s), v in r.items() if s == t and k != "slow")
+    check("no loss or reordering (tagcast)", lost == 0, f"{lost} lost/reordered/duplicated")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
