@@ -47,6 +47,9 @@ pub struct Config {
     pub redis: Option<String>,
     /// The pub/sub channel shared by the nodes of one cluster (`--redis-channel`).
     pub redis_channel: String,
+    /// Requests per second each connection may send, with a burst of as many (`--rate-limit`);
+    /// `None` is no limit.
+    pub rate_limit: Option<u32>,
 }
 
 /// Default `--redis-channel`.
@@ -82,6 +85,7 @@ impl Default for Config {
             tls: None,
             redis: None,
             redis_channel: DEFAULT_REDIS_CHANNEL.to_owned(),
+            rate_limit: None,
         }
     }
 }
@@ -130,6 +134,11 @@ impl Config {
         if self.max_message_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "--max-message-bytes must be at least 1".into(),
+            ));
+        }
+        if self.rate_limit == Some(0) {
+            return Err(ConfigError::Invalid(
+                "--rate-limit must be at least 1 (leave it out for no limit)".into(),
             ));
         }
         if self.max_connections == Some(0) {

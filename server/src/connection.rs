@@ -20,7 +20,7 @@ use tokio::time::timeout_at;
 use crate::close;
 use crate::metrics::{Rejection, Transport};
 use crate::registry::{Connection, Offered, Registered};
-use crate::router::{Refusal, Router};
+use crate::router::{RateLimiter, Refusal, Router};
 
 /// What woke the connection up.
 enum Event<T> {
@@ -46,6 +46,7 @@ where
     tokio::pin!(closed);
     // Frames taken from the outbox; swapped with it, so neither reallocates in steady state.
     let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
+    let mut limiter = router.rate_limit.map(RateLimiter::new);
     loop {
         let event = tokio::select! {
             biased;
@@ -83,6 +84,28 @@ where
                 } else {
                     conn.closer.close(code, reason);
                 }
+            }
+            Event::Read(Some(Ok(ref message @ (Message::Text(_) | Message::Binary(_)))))
+                if limiter.as_mut().is_some_and(|l| !l.allow()) =>
+            {
+                router.metrics.received(Transport::WebSocket);
+                router.metrics.rejected(Rejection::RateLimited);
+                // The request is dropped; its id (if any) still goes back with the error.
+                let id = match message {
+                    Message::Text(text) if conn.envelope => {
+                        let options = tagcast::ParseOptions {
+                            allow_id: true,
+                            max_tags: usize::MAX,
+                        };
+                        tagcast::request::parse_request(text, &options).0
+                    }
+                    _ => None,
+                };
+                let refusal = Refusal {
+                    code: tagcast::ErrorCode::RateLimited,
+                    text: "rate limited".into(),
+                };
+                refuse(conn, &router, id, refusal);
             }
             Event::Read(Some(Ok(message))) => match message {
                 Message::Text(text) => {

@@ -149,6 +149,7 @@ impl ServerBuilder {
             max_tags: config.max_tags,
             metrics: metrics.clone(),
             bus: bus.clone(),
+            rate_limit: config.rate_limit,
         });
         let static_files = match &config.static_dir {
             Some(dir) => {

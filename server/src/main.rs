@@ -79,6 +79,10 @@ struct ServeArgs {
     /// Most tags of a connection or a request.
     #[arg(long, env = "TAGCAST_MAX_TAGS", default_value_t = tagcast::tags::DEFAULT_MAX_TAGS)]
     max_tags: usize,
+    /// Requests per second each connection may send (burst as many); past it raw senders are
+    /// closed with 1008 `rate limited`, envelope senders get `rate_limited` [default: off].
+    #[arg(long, env = "TAGCAST_RATE_LIMIT", value_name = "N")]
+    rate_limit: Option<u32>,
     /// Serve this folder on plain GET requests (index.html at /), e.g. the web demo.
     #[arg(long = "static", env = "TAGCAST_STATIC", value_name = "DIR")]
     static_dir: Option<PathBuf>,
@@ -126,6 +130,7 @@ impl ServeArgs {
             static_dir: self.static_dir,
             redis: self.redis,
             redis_channel: self.redis_channel,
+            rate_limit: self.rate_limit,
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 _ => None,

@@ -47,6 +47,41 @@ pub struct Router {
     pub metrics: Arc<Metrics>,
     /// The Redis bus of a cluster; `None` for a lone node.
     pub bus: Option<Arc<RedisBus>>,
+    /// `--rate-limit`: requests per second per connection.
+    pub rate_limit: Option<u32>,
+}
+
+/// A token bucket: `rate` requests per second with a burst of `rate` (`--rate-limit`).
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimiter {
+    /// A full bucket.
+    pub fn new(rate: u32) -> Self {
+        RateLimiter {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one token; `false` when the connection is over its rate.
+    pub fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl std::fmt::Debug for Router {

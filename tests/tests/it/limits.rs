@@ -267,3 +267,57 @@ async fn a_slow_consumer_is_disconnected_and_nobody_else_waits() {
     assert_eq!(recv_text(&mut good).await, r#""after""#);
     server.wait_connections(2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_rate_limit_is_refused() {
+    let server = TestServer::with_config(Config {
+        rate_limit: Some(5),
+        ..Config::default()
+    })
+    .await;
+    // Envelope: the burst of 5 passes, the rest of a fast burst is refused with
+    // `rate_limited`, its id echoed; the connection stays open.
+    let mut e = envelope(&server.url_with_tags(r#"{"none":1}"#)).await;
+    for i in 0..8 {
+        send_text(
+            &mut e,
+            &format!(r#"{{"id":{i},"message":"m","tags":{{"x":1}}}}"#),
+        )
+        .await;
+    }
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let frame = recv_json(&mut e).await;
+        codes.push((
+            frame["id"].as_i64().unwrap(),
+            frame["type"].as_str().unwrap().to_owned(),
+            frame["code"].clone(),
+        ));
+    }
+    let acked = codes.iter().filter(|c| c.1 == "ack").count();
+    let limited: Vec<_> = codes
+        .iter()
+        .filter(|c| c.2 == "rate_limited")
+        .map(|c| c.0)
+        .collect();
+    assert!(
+        acked >= 5 && !limited.is_empty() && acked + limited.len() == 8,
+        "{codes:?}"
+    );
+    // After a second the bucket is full again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    send_text(&mut e, r#"{"id":"later","message":"m","tags":{"x":1}}"#).await;
+    assert_eq!(recv_json(&mut e).await["type"], "ack");
+
+    // Raw: closed with 1008 `rate limited`.
+    let mut r = raw(&server.url).await;
+    for _ in 0..20 {
+        if r.send(Message::text(r#"{"message":"m","tags":{"x":1}}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(recv_close(&mut r).await, (1008, "rate limited".to_owned()));
+}
