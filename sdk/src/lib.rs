@@ -12,7 +12,8 @@
 //! - [`envelope`]: the `tagcast.v1` frames (message, ack, error) and their error codes;
 //! - [`publisher`]: [`Publisher`], what application code depends on;
 //! - [`client`] (feature `client`, on by default): [`WebSocketClient`], tokio-based;
-//! - [`mock`]: [`WebSocketClientMock`], a recording [`Publisher`] for unit tests.
+//! - [`mock`]: [`WebSocketClientMock`], a recording [`Publisher`] for unit tests;
+//! - [`token`]: signed tags (HS256 JWTs) for `--signed-tags`: `sign_tags` for backends.
 //!
 //! With default features off the crate has no tokio and builds for `wasm32-unknown-unknown`.
 //!
@@ -33,6 +34,7 @@ pub mod publisher;
 pub mod request;
 pub mod tags;
 pub mod tags_tree;
+pub mod token;
 
 #[cfg(feature = "client")]
 pub use client::{ClientBuilder, Received, WebSocketClient};
@@ -46,3 +48,6 @@ pub use publisher::{PublishFuture, Publisher};
 pub use request::{Metadata, ParseOptions, WebSocketRequest};
 pub use tags::{TagValue, Tags};
 pub use tags_tree::TagsTree;
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+pub use token::sign_tags;
+pub use token::{sign_tags_until, TokenClaims, TokenError};

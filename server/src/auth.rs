@@ -212,6 +212,14 @@ impl ApplicationsAuthManager {
         })
     }
 
+    /// The secret of the application `key`, to check a signed-tags token.
+    pub fn secret_of(&self, key: &str) -> Option<&str> {
+        self.applications
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| a.secret.as_str())
+    }
+
     /// How many applications were read.
     pub fn len(&self) -> usize {
         self.applications.len()

@@ -47,6 +47,9 @@ pub struct Config {
     pub redis: Option<String>,
     /// The pub/sub channel shared by the nodes of one cluster (`--redis-channel`).
     pub redis_channel: String,
+    /// Connections' tags come from tokens signed by an application (`--signed-tags`, needs
+    /// `auth_file`).
+    pub signed_tags: bool,
     /// Requests per second each connection may send, with a burst of as many (`--rate-limit`);
     /// `None` is no limit.
     pub rate_limit: Option<u32>,
@@ -86,6 +89,7 @@ impl Default for Config {
             redis: None,
             redis_channel: DEFAULT_REDIS_CHANNEL.to_owned(),
             rate_limit: None,
+            signed_tags: false,
         }
     }
 }

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use axum::Json;
 use serde_json::{json, Value};
-use tagcast::{ErrorCode, RequestId, Tags, SUBPROTOCOL};
+use tagcast::{ErrorCode, RequestId, Tags, TokenError, SUBPROTOCOL};
 use tower::ServiceExt;
 
 use crate::auth::Handshake;
@@ -276,39 +276,105 @@ async fn websocket_or_426(
         query,
         headers,
     };
-    if let Err(denied) = state.auth.authorize_open(&handshake) {
-        tracing::debug!(%peer, reason = %denied, "opening refused");
-        state.metrics.handshake_rejected(401);
-        return text(StatusCode::UNAUTHORIZED, denied.0);
-    }
-    let tags = match handshake.query_value("tags") {
-        None => Tags::new(),
-        Some(json) => match Tags::parse(json).and_then(|t| {
-            t.check_count(state.config.max_tags)?;
-            Ok(t)
-        }) {
-            Ok(tags) => tags,
-            Err(e) => {
-                state.metrics.handshake_rejected(400);
-                return text(StatusCode::BAD_REQUEST, format!("invalid 'tags': {e}"));
+    let tags = match &state.tokens {
+        // --signed-tags: the tags come from a token the application's backend signed.
+        Some(applications) => {
+            let token = handshake
+                .query_value("token")
+                .map(str::to_owned)
+                .or_else(|| {
+                    token_protocol(&upgrade).map(|p| p["tagcast.token.".len()..].to_owned())
+                });
+            let claims = match token {
+                None => Err(TokenError::Missing),
+                Some(token) => {
+                    tagcast::token::verify(&token, unix_now(), |key| applications.secret_of(key))
+                }
+            };
+            let granted = match claims {
+                Ok(claims) => claims.tags,
+                Err(e) => return refuse_open(&state, peer, e.to_string()),
+            };
+            match handshake.query_value("tags") {
+                None => granted,
+                Some(json) => match parse_tags(json, state.config.max_tags) {
+                    Err(e) => return bad_tags(&state, &e),
+                    Ok(asked) if granted.contains_all(&asked) => asked,
+                    Ok(_) => return refuse_open(&state, peer, TokenError::Subset.to_string()),
+                },
             }
-        },
+        }
+        None => {
+            if let Err(denied) = state.auth.authorize_open(&handshake) {
+                return refuse_open(&state, peer, denied.0);
+            }
+            match handshake.query_value("tags") {
+                None => Tags::new(),
+                Some(json) => match parse_tags(json, state.config.max_tags) {
+                    Ok(tags) => tags,
+                    Err(e) => return bad_tags(&state, &e),
+                },
+            }
+        }
     };
     let handshake = state.auth.keeps_handshake().then(|| Box::new(handshake));
     let max = state.config.max_message_bytes;
+    // Offered tagcast.v1 wins; a browser that offered only its token protocol must get one
+    // selected back, or it fails the connection.
+    let mut known: Vec<std::borrow::Cow<'static, str>> = vec![SUBPROTOCOL.into()];
+    if let Some(p) = token_protocol(&upgrade) {
+        known.push(p.into());
+    }
     let upgrade = upgrade
-        .protocols([SUBPROTOCOL])
+        .protocols(known)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max);
-    let envelope = upgrade.selected_protocol().is_some();
+    let envelope = upgrade
+        .selected_protocol()
+        .is_some_and(|p| p.as_bytes() == SUBPROTOCOL.as_bytes());
     upgrade.on_upgrade(move |socket| {
         // Registered before the first poll, and the connection's own future is what the
         // upgrade task runs: no wrapper future holding a second copy of the socket.
         let registered = register(&state, peer, handshake, tags, envelope, slot);
         crate::connection::run(socket, registered, state.router.clone())
     })
+}
+
+/// The `tagcast.token.<token>` subprotocol a client offered, if any.
+fn token_protocol<F>(upgrade: &WebSocketUpgrade<F>) -> Option<String> {
+    upgrade
+        .requested_protocols()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| p.starts_with("tagcast.token."))
+        .map(str::to_owned)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn parse_tags(json: &str, max: usize) -> Result<Tags, tagcast::TagsError> {
+    let tags = Tags::parse(json)?;
+    tags.check_count(max)?;
+    Ok(tags)
+}
+
+fn refuse_open(state: &AppState, peer: SocketAddr, reason: String) -> Response {
+    tracing::debug!(%peer, %reason, "opening refused");
+    state.metrics.handshake_rejected(401);
+    text(StatusCode::UNAUTHORIZED, reason)
+}
+
+fn bad_tags(state: &AppState, e: &tagcast::TagsError) -> Response {
+    state.metrics.handshake_rejected(400);
+    text(StatusCode::BAD_REQUEST, format!("invalid 'tags': {e}"))
 }
 
 fn register(

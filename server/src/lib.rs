@@ -54,6 +54,8 @@ pub struct AppState {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The Redis bus of a cluster (`--redis`).
     pub bus: Option<Arc<cluster::RedisBus>>,
+    /// With `--signed-tags`: the applications whose secrets sign tokens.
+    pub tokens: Option<Arc<ApplicationsAuthManager>>,
     /// Whether the bus was connected (by [`Server::connect_cluster`] or [`Server::run`]).
     bus_started: std::sync::atomic::AtomicBool,
 }
@@ -119,6 +121,18 @@ impl ServerBuilder {
                 MessageMode::Schema(path) => Arc::new(load_schema(path)?),
             },
         };
+        let tokens =
+            match (&config.auth_file, config.signed_tags) {
+                (Some(path), true) => Some(Arc::new(ApplicationsAuthManager::from_file(
+                    path,
+                    config.authorize_open,
+                )?)),
+                (None, true) => return Err(ConfigError::Invalid(
+                    "--signed-tags needs --auth: tokens are signed with the applications' secrets"
+                        .into(),
+                )),
+                _ => None,
+            };
         let auth: Arc<dyn AuthManager> = match self.auth {
             Some(a) => a,
             None => match &config.auth_file {
@@ -173,6 +187,7 @@ impl ServerBuilder {
                 metrics,
                 tls,
                 bus,
+                tokens,
                 bus_started: Default::default(),
             }),
         })

@@ -27,8 +27,26 @@ enum Command {
     Send(SendArgs),
     /// Open a connection and print every message it receives, one per line.
     Listen(ListenArgs),
+    /// Print a signed-tags token (PROTOCOL.md §5.1) for a backend to hand to one user.
+    Token(TokenArgs),
     /// Exit 0 when the local server answers GET /healthz with 200 (for container health checks).
     Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The application's key.
+    #[arg(long)]
+    key: String,
+    /// The application's secret (it signs the token and never appears in it).
+    #[arg(long, env = "TAGCAST_SECRET")]
+    secret: String,
+    /// The tags the token grants, as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    tags: String,
+    /// Seconds the token stays valid.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +101,9 @@ struct ServeArgs {
     /// closed with 1008 `rate limited`, envelope senders get `rate_limited` [default: off].
     #[arg(long, env = "TAGCAST_RATE_LIMIT", value_name = "N")]
     rate_limit: Option<u32>,
+    /// Connections' tags come from tokens signed by an application's backend (needs --auth).
+    #[arg(long, env = "TAGCAST_SIGNED_TAGS")]
+    signed_tags: bool,
     /// Serve this folder on plain GET requests (index.html at /), e.g. the web demo.
     #[arg(long = "static", env = "TAGCAST_STATIC", value_name = "DIR")]
     static_dir: Option<PathBuf>,
@@ -131,6 +152,7 @@ impl ServeArgs {
             redis: self.redis,
             redis_channel: self.redis_channel,
             rate_limit: self.rate_limit,
+            signed_tags: self.signed_tags,
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 _ => None,
@@ -203,6 +225,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Send(args) => report(runtime.block_on(send(args))),
         Command::Listen(args) => runtime.block_on(listen(args)),
+        Command::Token(args) => report(token(args)),
         Command::Healthcheck(args) => report(runtime.block_on(healthcheck(args))),
     }
 }
@@ -386,6 +409,16 @@ async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         status_line.starts_with("HTTP/1.1 200"),
         "unhealthy: {status_line}"
+    );
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let tags = Tags::parse(&args.tags).context("invalid --tags")?;
+    let ttl = std::time::Duration::from_secs(args.ttl);
+    println!(
+        "{}",
+        tagcast::sign_tags(&args.key, &args.secret, &tags, ttl)
     );
     Ok(())
 }

@@ -13,6 +13,7 @@ mod it {
     mod limits;
     mod payload;
     mod routing;
+    mod signed_tags;
     mod static_files;
     mod tls;
     mod validation;

@@ -1,0 +1,224 @@
+//! Signed tags (PROTOCOL.md §5.1): tokens minted here with HMAC-SHA256 directly (independent
+//! of the SDK's signer), by query or subprotocol, every refusal reason, the subset rule.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use tagcast_server::Config;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use super::util::*;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 JWT with the given header and claims, signed with `secret`.
+fn jwt(header: &Value, claims: &Value, secret: &str) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
+fn token(key: &str, secret: &str, tags: Value, exp: u64) -> String {
+    jwt(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"key": key, "tags": tags, "exp": exp}),
+        secret,
+    )
+}
+
+async fn signed_server() -> TestServer {
+    TestServer::with_config(Config {
+        auth_file: Some(temp_file("auth.yml", AUTH_YAML)),
+        authorize_open: false,
+        signed_tags: true,
+        ..Config::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_sets_the_tags_of_the_connection() {
+    let server = signed_server().await;
+    // application2 cannot open with its key alone, but its token opens (authorize-open false).
+    let user42 = token("application2", SECRET2, json!({"user": 42}), now() + 60);
+    let mut listener = raw(&format!("{}/?token={user42}", server.url)).await;
+
+    // The subprotocol form keeps the token out of the URL; with tagcast.v1 it gets envelopes.
+    let user7 = token("application1", SECRET1, json!({"user": 7}), now() + 60);
+    let mut request = server.url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_str(&format!("tagcast.v1, tagcast.token.{user7}")).unwrap(),
+    );
+    let (mut other, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "tagcast.v1");
+    server.wait_connections(2).await;
+
+    let publish = format!(
+        r#"{{"message":"for 42","tags":{{"user":"42"}},"metadata":{{"key":"application1","secret":"{SECRET1}"}}}}"#
+    );
+    assert_eq!(
+        http_post(server.addr, "/publish", &publish)
+            .await
+            .body
+            .trim(),
+        r#"{"delivered":1}"#
+    );
+    assert_eq!(recv_text(&mut listener).await, r#""for 42""#);
+    assert_silent(&mut other).await;
+
+    // A browser offering only its token protocol gets it selected back.
+    let mut request = server.url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_str(&format!("tagcast.token.{user42}")).unwrap(),
+    );
+    let (_, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        response.headers()["Sec-WebSocket-Protocol"]
+            .to_str()
+            .unwrap(),
+        format!("tagcast.token.{user42}")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_says_which_check_failed() {
+    let server = signed_server().await;
+    let good = json!({"user": 42, "room": "a"});
+    let cases = [
+        (String::new(), "missing"),
+        ("token=not-a-jwt".to_owned(), "malformed"),
+        (
+            format!(
+                "token={}",
+                jwt(
+                    &json!({"alg": "HS512"}),
+                    &json!({"key": "application1", "tags": good, "exp": now() + 60}),
+                    SECRET1
+                )
+            ),
+            "malformed",
+        ),
+        (
+            format!(
+                "token={}",
+                jwt(
+                    &json!({"alg": "HS256"}),
+                    &json!({"key": "application1", "exp": now() + 60}),
+                    SECRET1
+                )
+            ),
+            "malformed",
+        ),
+        (
+            format!(
+                "token={}",
+                token("application1", SECRET1, good.clone(), now() - 1)
+            ),
+            "expired",
+        ),
+        (
+            format!(
+                "token={}",
+                token("nobody", SECRET1, good.clone(), now() + 60)
+            ),
+            "unknown application",
+        ),
+        (
+            format!(
+                "token={}",
+                token("application1", SECRET2, good.clone(), now() + 60)
+            ),
+            "signature",
+        ),
+        (
+            format!(
+                "token={}&tags={}",
+                token("application1", SECRET1, good.clone(), now() + 60),
+                encode(r#"{"user":43}"#)
+            ),
+            "subset",
+        ),
+    ];
+    for (query, reason) in cases {
+        let (status, body) = refused(&format!("{}/?{query}", server.url)).await;
+        assert_eq!(status, 401, "{query}");
+        assert!(body.starts_with(reason), "{query}: {body}");
+    }
+    // A subset is fine; invalid tags are a 400 as in §2.
+    let t = token("application1", SECRET1, good, now() + 60);
+    let mut ws = raw(&format!(
+        "{}/?token={t}&tags={}",
+        server.url,
+        encode(r#"{"room":"a"}"#)
+    ))
+    .await;
+    send_text(&mut ws, &format!(r#"{{"message":"x","tags":{{"room":"a"}},"metadata":{{"key":"application1","secret":"{SECRET1}"}}}}"#)).await;
+    assert_eq!(recv_text(&mut ws).await, r#""x""#);
+    let (status, _) = refused(&format!(
+        "{}/?token={t}&tags={}",
+        server.url,
+        encode(r#"{"room":1.5}"#)
+    ))
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_and_the_cli_mint_tokens_the_server_accepts() {
+    let server = signed_server().await;
+    let tags = tagcast::Tags::new().with("user", 42);
+    let sdk = tagcast::sign_tags(
+        "application1",
+        SECRET1,
+        &tags,
+        std::time::Duration::from_secs(60),
+    );
+    raw(&format!("{}/?token={sdk}", server.url)).await;
+    let out = std::process::Command::new(tagcast_bin())
+        .args([
+            "token",
+            "--key",
+            "application2",
+            "--secret",
+            SECRET2,
+            "--tags",
+            r#"{"user":42}"#,
+            "--ttl",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cli = String::from_utf8(out.stdout).unwrap();
+    raw(&format!("{}/?token={}", server.url, cli.trim())).await;
+}
+
+#[test]
+fn signed_tags_need_auth() {
+    let err = tagcast_server::Server::builder()
+        .config(Config {
+            signed_tags: true,
+            ..Config::default()
+        })
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--signed-tags needs --auth"), "{err}");
+}
