@@ -47,6 +47,12 @@ pub struct Config {
     pub redis: Option<String>,
     /// The pub/sub channel shared by the nodes of one cluster (`--redis-channel`).
     pub redis_channel: String,
+    /// How long a connection may stay silent before the server pings it (`--ping-interval`);
+    /// `None` never pings.
+    pub ping_interval: Option<std::time::Duration>,
+    /// How long a connection may stay silent, pings unanswered, before it is dropped
+    /// (`--idle-timeout`); `None` never drops.
+    pub idle_timeout: Option<std::time::Duration>,
     /// Connections' tags come from tokens signed by an application (`--signed-tags`, needs
     /// `auth_file`).
     pub signed_tags: bool,
@@ -54,6 +60,11 @@ pub struct Config {
     /// `None` is no limit.
     pub rate_limit: Option<u32>,
 }
+
+/// Default `--ping-interval`.
+pub const DEFAULT_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Default `--idle-timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
 
 /// Default `--redis-channel`.
 pub const DEFAULT_REDIS_CHANNEL: &str = "tagcast";
@@ -90,6 +101,8 @@ impl Default for Config {
             redis_channel: DEFAULT_REDIS_CHANNEL.to_owned(),
             rate_limit: None,
             signed_tags: false,
+            ping_interval: Some(DEFAULT_PING_INTERVAL),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }

@@ -26,6 +26,8 @@ use crate::router::{RateLimiter, Refusal, Router};
 enum Event<T> {
     /// A close was decided.
     Closing,
+    /// Time to ping a silent peer, or to give up on it.
+    Keepalive,
     /// Frames were taken from the outbox.
     Write,
     /// The peer sent something (or the socket ended).
@@ -47,15 +49,52 @@ where
     // Frames taken from the outbox; swapped with it, so neither reallocates in steady state.
     let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
     let mut limiter = router.rate_limit.map(RateLimiter::new);
+    // Keepalive: one timer, moved only when it fires (not on every frame).
+    let mut last_heard = tokio::time::Instant::now();
+    let keepalive_step = match (router.ping_interval, router.idle_timeout) {
+        (Some(p), Some(i)) => Some(p.min(i)),
+        (p, i) => p.or(i),
+    };
+    let keepalive =
+        tokio::time::sleep(keepalive_step.unwrap_or(std::time::Duration::from_secs(86_400)));
+    tokio::pin!(keepalive);
     loop {
         let event = tokio::select! {
             biased;
             _ = &mut closed => Event::Closing,
+            () = &mut keepalive, if keepalive_step.is_some() => Event::Keepalive,
             () = std::future::poll_fn(|cx| conn.outbox.poll_take(cx, &mut batch)) => Event::Write,
             next = socket.next() => Event::Read(next),
         };
+        if matches!(event, Event::Read(Some(Ok(_)))) {
+            last_heard = tokio::time::Instant::now();
+        }
         match event {
             Event::Closing => break,
+            Event::Keepalive => {
+                let silent = last_heard.elapsed();
+                if router.idle_timeout.is_some_and(|limit| silent >= limit) {
+                    tracing::debug!(
+                        connection = conn.id,
+                        "idle timeout: the peer stopped answering"
+                    );
+                    conn.closer.close(close::GOING_AWAY, "idle timeout");
+                    continue;
+                }
+                if router.ping_interval.is_some_and(|every| silent >= every) {
+                    let pinged = tokio::select! {
+                        biased;
+                        _ = &mut closed => break,
+                        pinged = socket.send(Message::Ping(Default::default())) => pinged,
+                    };
+                    if pinged.is_err() {
+                        conn.closer.close_silently();
+                        break;
+                    }
+                }
+                let step = keepalive_step.unwrap_or_default();
+                keepalive.as_mut().reset(tokio::time::Instant::now() + step);
+            }
             Event::Write => {
                 // A peer that stops reading blocks the write: a close decided meanwhile (slow
                 // consumer, shutdown) must still end the connection by its deadline.

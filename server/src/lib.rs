@@ -164,6 +164,8 @@ impl ServerBuilder {
             metrics: metrics.clone(),
             bus: bus.clone(),
             rate_limit: config.rate_limit,
+            ping_interval: config.ping_interval,
+            idle_timeout: config.idle_timeout,
         });
         let static_files = match &config.static_dir {
             Some(dir) => {

@@ -101,6 +101,22 @@ struct ServeArgs {
     /// closed with 1008 `rate limited`, envelope senders get `rate_limited` [default: off].
     #[arg(long, env = "TAGCAST_RATE_LIMIT", value_name = "N")]
     rate_limit: Option<u32>,
+    /// Seconds of silence after which the server pings a connection (0: never).
+    #[arg(
+        long,
+        env = "TAGCAST_PING_INTERVAL",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
+    ping_interval: u64,
+    /// Seconds of silence (pings unanswered) after which a connection is dropped (0: never).
+    #[arg(
+        long,
+        env = "TAGCAST_IDLE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 75
+    )]
+    idle_timeout: u64,
     /// Connections' tags come from tokens signed by an application's backend (needs --auth).
     #[arg(long, env = "TAGCAST_SIGNED_TAGS")]
     signed_tags: bool,
@@ -153,6 +169,10 @@ impl ServeArgs {
             redis_channel: self.redis_channel,
             rate_limit: self.rate_limit,
             signed_tags: self.signed_tags,
+            ping_interval: (self.ping_interval > 0)
+                .then(|| std::time::Duration::from_secs(self.ping_interval)),
+            idle_timeout: (self.idle_timeout > 0)
+                .then(|| std::time::Duration::from_secs(self.idle_timeout)),
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 _ => None,

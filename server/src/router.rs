@@ -49,6 +49,10 @@ pub struct Router {
     pub bus: Option<Arc<RedisBus>>,
     /// `--rate-limit`: requests per second per connection.
     pub rate_limit: Option<u32>,
+    /// `--ping-interval`.
+    pub ping_interval: Option<std::time::Duration>,
+    /// `--idle-timeout`.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// A token bucket: `rate` requests per second with a burst of `rate` (`--rate-limit`).

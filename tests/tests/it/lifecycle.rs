@@ -126,3 +126,61 @@ async fn healthz_answers_200_ok() {
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.body.trim(), "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peers_are_pinged_and_dropped_when_they_stop_answering() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::with_config(tagcast_server::Config {
+        ping_interval: Some(Duration::from_millis(200)),
+        idle_timeout: Some(Duration::from_millis(700)),
+        ..tagcast_server::Config::default()
+    })
+    .await;
+    // A client that reads answers the pings (tungstenite replies to them) and stays.
+    let mut alive = raw(&server.url_with_tags(r#"{"g":1}"#)).await;
+    // A peer that finished its handshake and then went silent: no pong ever.
+    let mut dead = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    dead.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            server.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    server.wait_connections(2).await;
+    let reader = tokio::spawn(async move {
+        // Keep reading (so pings are answered) until the message comes.
+        let mut pings = 0;
+        loop {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                futures_util::StreamExt::next(&mut alive),
+            )
+            .await
+            {
+                Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+                Ok(Some(Ok(Message::Text(t)))) => return (t.as_str().to_owned(), pings),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("the live client lost its connection: {other:?}"),
+            }
+        }
+    });
+    // The silent one is dropped: its socket ends within a few seconds.
+    let mut sink = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(6), dead.read_to_end(&mut sink)).await;
+    assert!(ended.is_ok(), "the silent peer was never dropped");
+    server.wait_connections(1).await;
+    http_post(
+        server.addr,
+        "/publish",
+        r#"{"message":"still here","tags":{"g":1}}"#,
+    )
+    .await;
+    let (text, pings) = reader.await.unwrap();
+    assert_eq!(text, r#""still here""#);
+    assert!(pings >= 2, "pings seen: {pings}");
+}
