@@ -53,6 +53,9 @@ pub struct Config {
     /// How long a connection may stay silent, pings unanswered, before it is dropped
     /// (`--idle-timeout`); `None` never drops.
     pub idle_timeout: Option<std::time::Duration>,
+    /// How long a client may take to send its request head, TLS handshake apart
+    /// (`--handshake-timeout`).
+    pub handshake_timeout: std::time::Duration,
     /// Connections' tags come from tokens signed by an application (`--signed-tags`, needs
     /// `auth_file`).
     pub signed_tags: bool,
@@ -61,6 +64,8 @@ pub struct Config {
     pub rate_limit: Option<u32>,
 }
 
+/// Default `--handshake-timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Default `--ping-interval`.
 pub const DEFAULT_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Default `--idle-timeout`.
@@ -101,6 +106,7 @@ impl Default for Config {
             redis_channel: DEFAULT_REDIS_CHANNEL.to_owned(),
             rate_limit: None,
             signed_tags: false,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             ping_interval: Some(DEFAULT_PING_INTERVAL),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }

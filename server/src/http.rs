@@ -20,6 +20,7 @@ use tower::ServiceExt;
 
 use crate::auth::Handshake;
 use crate::close::Closer;
+use crate::deadline::HeadDeadline;
 use crate::metrics::{Rejection, Transport};
 use crate::outbox::Outbox;
 use crate::registry::{Connection, Registered, Slot};
@@ -178,13 +179,13 @@ impl Connected<IncomingStream<'_, PlainListener>> for Peer {
     }
 }
 
-/// A TCP listener whose connections have `TCP_NODELAY`: small frames must not wait for
-/// Nagle's algorithm.
+/// A TCP listener whose connections have `TCP_NODELAY` (small frames must not wait for
+/// Nagle's algorithm) and a bound on the time to send the request head.
 #[derive(Debug)]
-pub struct PlainListener(pub tokio::net::TcpListener);
+pub struct PlainListener(pub tokio::net::TcpListener, pub std::time::Duration);
 
 impl axum::serve::Listener for PlainListener {
-    type Io = tokio::net::TcpStream;
+    type Io = HeadDeadline<tokio::net::TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -192,7 +193,7 @@ impl axum::serve::Listener for PlainListener {
             match self.0.accept().await {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    return (stream, peer);
+                    return (HeadDeadline::new(stream, self.1), peer);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.

@@ -15,6 +15,7 @@ pub mod close;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod deadline;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
@@ -297,15 +298,22 @@ impl Server {
         };
         match &self.state.tls {
             Some(config) => {
-                let listener = tls::TlsListener::new(listener, config.clone())?;
+                let listener = tls::TlsListener::new(
+                    listener,
+                    config.clone(),
+                    self.state.config.handshake_timeout,
+                )?;
                 axum::serve(listener, app)
                     .with_graceful_shutdown(signal)
                     .await?;
             }
             None => {
-                axum::serve(http::PlainListener(listener), app)
-                    .with_graceful_shutdown(signal)
-                    .await?;
+                axum::serve(
+                    http::PlainListener(listener, self.state.config.handshake_timeout),
+                    app,
+                )
+                .with_graceful_shutdown(signal)
+                .await?;
             }
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;

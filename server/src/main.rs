@@ -101,6 +101,14 @@ struct ServeArgs {
     /// closed with 1008 `rate limited`, envelope senders get `rate_limited` [default: off].
     #[arg(long, env = "TAGCAST_RATE_LIMIT", value_name = "N")]
     rate_limit: Option<u32>,
+    /// Seconds a client may take to send its request head (a slowloris is dropped after it).
+    #[arg(
+        long,
+        env = "TAGCAST_HANDSHAKE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    handshake_timeout: u64,
     /// Seconds of silence after which the server pings a connection (0: never).
     #[arg(
         long,
@@ -169,6 +177,7 @@ impl ServeArgs {
             redis_channel: self.redis_channel,
             rate_limit: self.rate_limit,
             signed_tags: self.signed_tags,
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout.max(1)),
             ping_interval: (self.ping_interval > 0)
                 .then(|| std::time::Duration::from_secs(self.ping_interval)),
             idle_timeout: (self.idle_timeout > 0)

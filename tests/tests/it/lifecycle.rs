@@ -184,3 +184,40 @@ async fn silent_peers_are_pinged_and_dropped_when_they_stop_answering() {
     assert_eq!(text, r#""still here""#);
     assert!(pings >= 2, "pings seen: {pings}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_requests_and_half_frames_do_not_hold_a_connection() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::with_config(tagcast_server::Config {
+        handshake_timeout: Duration::from_millis(400),
+        ping_interval: Some(Duration::from_millis(200)),
+        idle_timeout: Some(Duration::from_millis(700)),
+        ..tagcast_server::Config::default()
+    })
+    .await;
+    // A slowloris: half a request head, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /?tags=%7B%7D HTTP/1.1\r\nHost: x\r\nUpgrade: web")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let dropped = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut sink)).await;
+    assert!(dropped.is_ok(), "a half request head held its connection");
+
+    // A peer that starts a frame (masked text, 100 bytes announced) and never finishes it.
+    let mut half = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    server.wait_connections(1).await;
+    half.write_all(&[0x81, 0x80 | 100, 1, 2, 3, 4, b'x'])
+        .await
+        .unwrap();
+    let dropped = tokio::time::timeout(Duration::from_secs(8), half.read_to_end(&mut sink)).await;
+    assert!(dropped.is_ok(), "a half frame held its connection");
+    server.wait_connections(0).await;
+}
