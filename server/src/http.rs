@@ -124,11 +124,7 @@ async fn publish(
     };
     let handshake = Handshake {
         peer,
-        query: parts
-            .uri
-            .query()
-            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_default(),
+        query: parts.uri.query().map(parse_query).unwrap_or_default(),
         headers: parts.headers,
     };
     match value {
@@ -268,13 +264,9 @@ async fn websocket_or_426(
             "the server is at its connection limit, try again later",
         );
     };
-    let query: Vec<(String, String)> = uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
     let handshake = Handshake {
         peer,
-        query,
+        query: uri.query().map(parse_query).unwrap_or_default(),
         headers,
     };
     let tags = match &state.tokens {
@@ -361,7 +353,15 @@ fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
-fn parse_tags(json: &str, max: usize) -> Result<Tags, tagcast::TagsError> {
+/// The decoded pairs of a query string (`application/x-www-form-urlencoded`).
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Tags from a handshake's `tags` value, bounded by `--max-tags`.
+pub fn parse_tags(json: &str, max: usize) -> Result<Tags, tagcast::TagsError> {
     let tags = Tags::parse(json)?;
     tags.check_count(max)?;
     Ok(tags)
