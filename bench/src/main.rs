@@ -39,6 +39,33 @@ enum Scenario {
     Idle(IdleArgs),
     /// Handshakes per second with concurrent connectors.
     Connect(ConnectArgs),
+    /// Publishers, connection churn and slow consumers together for a while: server RSS at
+    /// the end against RSS after warm-up.
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct SoakArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Seconds to run in all.
+    #[arg(long, default_value_t = 300)]
+    secs: u64,
+    /// Seconds before the reference RSS is read.
+    #[arg(long, default_value_t = 30)]
+    warmup_secs: u64,
+    /// Reading subscribers, in 10 groups.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Subscribers that never read (replaced when the server drops them).
+    #[arg(long, default_value_t = 10)]
+    slow: usize,
+    /// Requests per second, all publishers together.
+    #[arg(long, default_value_t = 400.0)]
+    rate: f64,
+    /// Connections opened and closed per second.
+    #[arg(long, default_value_t = 50.0)]
+    churn: f64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -132,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Slow(args) => fanout(&args.fanout, args.slow_percent).await?,
         Scenario::Idle(args) => idle(&args).await?,
         Scenario::Connect(args) => connect_rate(&args).await?,
+        Scenario::Soak(args) => soak(&args).await?,
     };
     println!("{result}");
     Ok(())
@@ -627,5 +655,144 @@ async fn connect_rate(args: &ConnectArgs) -> anyhow::Result<serde_json::Value> {
         "connects_per_sec": ((args.connections - failed) as f64 / elapsed).round(),
         "server_cpu_secs": match (before, after) { (Some(b), Some(a)) => json!(round(a.0 - b.0)), _ => serde_json::Value::Null },
         "server_rss_kib": after.map(|a| a.1),
+    }))
+}
+
+async fn soak(args: &SoakArgs) -> anyhow::Result<serde_json::Value> {
+    let c = &args.common;
+    let stop_at = Instant::now() + Duration::from_secs(args.secs);
+    let delivered = Arc::new(AtomicU64::new(0));
+    let reordered = Arc::new(AtomicU64::new(0));
+    // Reading subscribers: count deliveries and check each publisher's order.
+    let urls = (0..args.subscribers)
+        .map(|i| url_with_tags(&c.url, &json!({ "g": i % 10 })))
+        .collect();
+    let mut tasks = Vec::new();
+    for mut ws in open_all(urls, c.concurrency).await? {
+        let (delivered, reordered) = (delivered.clone(), reordered.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut last: Vec<Option<usize>> = vec![None; 4];
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(stop_at.into(), ws.next()).await
+            {
+                if let Message::Text(text) = frame {
+                    if let Some((p, seq, _)) = parse_stamp(text.as_str()) {
+                        if let Some(l) = last.get_mut(p) {
+                            if l.is_some_and(|l| seq <= l) {
+                                reordered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            *l = Some(seq);
+                        }
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // Slow subscribers on every group: they never read during the run, so the server's queues
+    // for them fill up and it must drop them; at the end they read to see whether it did.
+    let slow_dropped = Arc::new(AtomicU64::new(0));
+    for i in 0..args.slow {
+        let (url, dropped) = (
+            url_with_tags(&c.url, &json!({ "g": i % 10 })),
+            slow_dropped.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut ws) = open_slow(&url).await else {
+                return;
+            };
+            tokio::time::sleep_until(stop_at.into()).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match tokio::time::timeout_at(deadline, ws.next()).await {
+                    Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Churn: connections that open and close.
+    let churned = Arc::new(AtomicU64::new(0));
+    {
+        let (url, churned, every) = (
+            c.url.clone(),
+            churned.clone(),
+            Duration::from_secs_f64(1.0 / args.churn.max(0.1)),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut i = 0u64;
+            while Instant::now() < stop_at {
+                tick.tick().await;
+                i += 1;
+                if let Ok(mut ws) = open(&url_with_tags(&url, &json!({ "churn": i }))).await {
+                    let _ = ws.close(None).await;
+                    churned.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Four publishers at a fixed total rate, 1 KiB payloads.
+    let start = Instant::now();
+    for p in 0..4usize {
+        let url = url_with_tags(&c.url, &json!({ "publisher": p }));
+        let every = Duration::from_secs_f64(4.0 / args.rate.max(0.1));
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut ws) = open(&url).await else { return };
+            let mut tick = tokio::time::interval(every);
+            let padding = "x".repeat(1000);
+            let mut seq = 0usize;
+            while Instant::now() < stop_at {
+                tick.tick().await;
+                let frame = format!(
+                    r#"{{"message":"{p}:{seq}:{}:{padding}","tags":{{"g":{}}}}}"#,
+                    now_ns(start),
+                    seq % 10
+                );
+                if ws.send(Message::text(frame)).await.is_err() {
+                    return;
+                }
+                seq += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
+    let warm = process_stats(c.server_pid);
+    let mut samples = Vec::new();
+    while Instant::now() + Duration::from_secs(10) < stop_at {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if let Some((_, rss)) = process_stats(c.server_pid) {
+            samples.push(rss);
+        }
+    }
+    let end = process_stats(c.server_pid);
+    // Let the slow subscribers find out whether they were dropped (they read for up to 5 s).
+    tokio::time::sleep_until((stop_at + Duration::from_secs(6)).into()).await;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(json!({
+        "scenario": "soak",
+        "server": c.server,
+        "secs": args.secs,
+        "subscribers": args.subscribers,
+        "slow": args.slow,
+        "rate": args.rate,
+        "churn_per_sec": args.churn,
+        "deliveries": delivered.load(Ordering::Relaxed),
+        "reordered": reordered.load(Ordering::Relaxed),
+        "slow_dropped": slow_dropped.load(Ordering::Relaxed),
+        "churned": churned.load(Ordering::Relaxed),
+        "server_rss_kib_after_warmup": warm.map(|w| w.1),
+        "server_rss_kib_samples": samples,
+        "server_rss_kib_end": end.map(|e| e.1),
+        "end_over_warm": match (warm, end) {
+            (Some((_, w)), Some((_, e))) if w > 0 => json!(round(e as f64 / w as f64)),
+            _ => serde_json::Value::Null,
+        },
+        "server_cpu_secs": match (warm, end) { (Some(w), Some(e)) => json!(round(e.0 - w.0)), _ => serde_json::Value::Null },
     }))
 }
