@@ -131,6 +131,13 @@ struct ServeArgs {
     /// Serve this folder on plain GET requests (index.html at /), e.g. the web demo.
     #[arg(long = "static", env = "TAGCAST_STATIC", value_name = "DIR")]
     static_dir: Option<PathBuf>,
+    /// Redis URL shared by the nodes of a cluster (redis://HOST:PORT); without it the node is alone.
+    #[arg(long, env = "TAGCAST_REDIS", value_name = "URL")]
+    redis: Option<String>,
+    /// Pub/sub channel of the cluster: clusters sharing one Redis use different channels.
+    #[arg(long, env = "TAGCAST_REDIS_CHANNEL", value_name = "NAME",
+          default_value = tagcast_server::config::DEFAULT_REDIS_CHANNEL)]
+    redis_channel: String,
     /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
     #[arg(
         long,
@@ -139,13 +146,6 @@ struct ServeArgs {
         requires = "tls_key"
     )]
     tls_cert: Option<PathBuf>,
-    /// Redis URL shared by the nodes of a cluster (redis://HOST:PORT); without it the node is alone.
-    #[arg(long, env = "TAGCAST_REDIS", value_name = "URL")]
-    redis: Option<String>,
-    /// Pub/sub channel of the cluster: clusters sharing one Redis use different channels.
-    #[arg(long, env = "TAGCAST_REDIS_CHANNEL", value_name = "NAME",
-          default_value = tagcast_server::config::DEFAULT_REDIS_CHANNEL)]
-    redis_channel: String,
     /// PEM private key of the certificate (needs --tls-cert).
     #[arg(
         long,

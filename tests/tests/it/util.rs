@@ -136,18 +136,7 @@ pub async fn envelope(url: &str) -> Ws {
 
 /// The HTTP status and body of a refused handshake.
 pub async fn refused(url: &str) -> (u16, String) {
-    match tokio_tungstenite::connect_async(url).await {
-        Ok(_) => panic!("the handshake to {url} was accepted"),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let body = response
-                .body()
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            (response.status().as_u16(), body)
-        }
-        Err(e) => panic!("unexpected handshake error: {e}"),
-    }
+    refused_request(url.into_client_request().expect("a valid URL")).await
 }
 
 pub async fn send_text(ws: &mut Ws, text: &str) {
