@@ -51,15 +51,20 @@ struct SoakArgs {
     /// Seconds to run in all.
     #[arg(long, default_value_t = 300)]
     secs: u64,
-    /// Seconds before the reference RSS is read.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds before the reference RSS is read: long enough for every slow subscriber to
+    /// have been dropped once.
+    #[arg(long, default_value_t = 120)]
     warmup_secs: u64,
     /// Reading subscribers, in 10 groups.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
-    /// Subscribers that never read (replaced when the server drops them).
+    /// Subscribers that stop reading (each replaced after `--slow-hold-secs`).
     #[arg(long, default_value_t = 10)]
     slow: usize,
+    /// Seconds a slow subscriber stays silent before it checks that it was dropped (the
+    /// server's socket buffers take about a minute of this load before its queue fills).
+    #[arg(long, default_value_t = 120)]
+    slow_hold_secs: u64,
     /// Requests per second, all publishers together.
     #[arg(long, default_value_t = 400.0)]
     rate: f64,
@@ -688,28 +693,40 @@ async fn soak(args: &SoakArgs) -> anyhow::Result<serde_json::Value> {
             }
         }));
     }
-    // Slow subscribers on every group: they never read during the run, so the server's queues
-    // for them fill up and it must drop them; at the end they read to see whether it did.
+    // Slow subscribers on every group: each stops reading for `slow_hold_secs`, so the
+    // server's queue for it fills up and it must be dropped; then it reads to see whether it
+    // was (the close frame or the end of the stream within 5 s), and a new one takes its place.
     let slow_dropped = Arc::new(AtomicU64::new(0));
+    let slow_kept = Arc::new(AtomicU64::new(0));
+    let hold = Duration::from_secs(args.slow_hold_secs);
+    // Staggered over one hold, so that some are always filling up: a steady load, not waves.
+    let stagger = hold / args.slow.max(1) as u32;
     for i in 0..args.slow {
-        let (url, dropped) = (
+        let (url, dropped, kept) = (
             url_with_tags(&c.url, &json!({ "g": i % 10 })),
             slow_dropped.clone(),
+            slow_kept.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let Ok(mut ws) = open_slow(&url).await else {
-                return;
-            };
-            tokio::time::sleep_until(stop_at.into()).await;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                match tokio::time::timeout_at(deadline, ws.next()).await {
-                    Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
-                        dropped.fetch_add(1, Ordering::Relaxed);
-                        return;
+            tokio::time::sleep(stagger * i as u32).await;
+            while Instant::now() + hold < stop_at {
+                let Ok(mut ws) = open_slow(&url).await else {
+                    return;
+                };
+                tokio::time::sleep(hold).await;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    match tokio::time::timeout_at(deadline, ws.next()).await {
+                        Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        Err(_) => {
+                            kept.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
                     }
-                    Ok(Some(Ok(_))) => {}
-                    Err(_) => return,
                 }
             }
         }));
@@ -769,7 +786,7 @@ async fn soak(args: &SoakArgs) -> anyhow::Result<serde_json::Value> {
         }
     }
     let end = process_stats(c.server_pid);
-    // Let the slow subscribers find out whether they were dropped (they read for up to 5 s).
+    // Let the last slow subscribers find out whether they were dropped (up to 5 s).
     tokio::time::sleep_until((stop_at + Duration::from_secs(6)).into()).await;
     for t in tasks {
         t.abort();
@@ -784,7 +801,9 @@ async fn soak(args: &SoakArgs) -> anyhow::Result<serde_json::Value> {
         "churn_per_sec": args.churn,
         "deliveries": delivered.load(Ordering::Relaxed),
         "reordered": reordered.load(Ordering::Relaxed),
+        "slow_hold_secs": args.slow_hold_secs,
         "slow_dropped": slow_dropped.load(Ordering::Relaxed),
+        "slow_not_dropped": slow_kept.load(Ordering::Relaxed),
         "churned": churned.load(Ordering::Relaxed),
         "server_rss_kib_after_warmup": warm.map(|w| w.1),
         "server_rss_kib_samples": samples,

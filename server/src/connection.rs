@@ -107,6 +107,7 @@ where
                     conn.closer.close_silently();
                     break;
                 }
+                conn.outbox.written();
             }
             Event::Read(None) => {
                 conn.closer.close_silently();

@@ -4,9 +4,12 @@
 //! tokio's bounded channel allocates a block of 32 slots per connection up front (about
 //! 1.5 KiB): most of an idle connection's memory. This queue is a `VecDeque` behind a
 //! `std::sync::Mutex` (never held across an await or I/O) and an `AtomicWaker`.
+//!
+//! The bound counts what the writer has taken but not yet written, too: a peer that stops
+//! reading holds at most `capacity` frames in the server, not a full queue plus a full batch.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
@@ -29,6 +32,8 @@ pub enum Push {
 pub struct Outbox {
     frames: Mutex<VecDeque<Utf8Bytes>>,
     capacity: usize,
+    /// Frames the writer took and has not finished writing.
+    in_writer: AtomicUsize,
     writer: AtomicWaker,
     closed: AtomicBool,
 }
@@ -39,6 +44,7 @@ impl Outbox {
         Outbox {
             frames: Mutex::new(VecDeque::new()),
             capacity,
+            in_writer: AtomicUsize::new(0),
             writer: AtomicWaker::new(),
             closed: AtomicBool::new(false),
         }
@@ -55,7 +61,7 @@ impl Outbox {
         }
         {
             let mut frames = self.lock();
-            if frames.len() >= self.capacity {
+            if frames.len() + self.in_writer.load(Ordering::Acquire) >= self.capacity {
                 return Push::Full;
             }
             frames.push_back(frame);
@@ -64,7 +70,8 @@ impl Outbox {
         Push::Queued
     }
 
-    /// Moves every queued frame to the back of `into`; returns whether there was any.
+    /// Moves every queued frame to the back of `into`; returns whether there was any. They
+    /// still count against the bound until [`written`](Outbox::written).
     pub fn take(&self, into: &mut VecDeque<Utf8Bytes>) -> bool {
         let mut frames = self.lock();
         if frames.is_empty() {
@@ -76,7 +83,13 @@ impl Outbox {
         } else {
             into.extend(frames.drain(..));
         }
+        self.in_writer.store(into.len(), Ordering::Release);
         true
+    }
+
+    /// The writer has written everything it took.
+    pub fn written(&self) {
+        self.in_writer.store(0, Ordering::Release);
     }
 
     /// Like [`take`](Outbox::take), registering the writer to be woken when it finds nothing.
@@ -115,6 +128,11 @@ mod tests {
         assert!(outbox.take(&mut got));
         assert_eq!(got, ["a", "b"].map(Utf8Bytes::from));
         assert!(!outbox.take(&mut got));
+        // Taken but not written: still counted.
+        assert_eq!(outbox.push("c".into()), Push::Full);
+        got.clear();
+        outbox.written();
+        assert_eq!(outbox.push("c".into()), Push::Queued);
         outbox.close();
         assert_eq!(outbox.push("d".into()), Push::Closed);
     }
