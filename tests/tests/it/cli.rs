@@ -175,13 +175,23 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String
     )
 }
 
-/// A `tagcast serve` on 127.0.0.1 with an OS-picked port.
-struct Serve {
+/// A `tagcast serve` on 127.0.0.1 with an OS-picked port; killed when dropped.
+pub(super) struct Serve {
     process: Running,
     port: u16,
 }
 
 impl Serve {
+    /// Where it listens.
+    pub(super) fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Its process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
     }
@@ -203,7 +213,8 @@ async fn listening_port(process: &mut Running) -> u16 {
     address.port()
 }
 
-async fn serve(extra: &[&str], env: &[(&str, &str)]) -> Serve {
+/// Starts `tagcast serve` with `extra` arguments and waits until it listens.
+pub(super) async fn serve(extra: &[&str], env: &[(&str, &str)]) -> Serve {
     let mut args = vec!["serve", "--host", "127.0.0.1", "--port", "0"];
     args.extend_from_slice(extra);
     let mut process = spawn(&args, env);

@@ -1,6 +1,7 @@
 //! Hostile input: whatever one client sends, the server stays up, the others keep receiving
 //! everything, and the registry returns to its count afterwards.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -18,10 +19,11 @@ struct Healthy {
 }
 
 impl Healthy {
-    async fn new(server: &TestServer) -> Healthy {
+    /// The pair on the server at `url` (`ws://host:port`).
+    async fn new(url: &str) -> Healthy {
         Healthy {
-            sender: raw(&server.url).await,
-            receiver: raw(&server.url_with_tags(r#"{"healthy":1}"#)).await,
+            sender: raw(url).await,
+            receiver: raw(&format!("{url}/?tags={}", encode(r#"{"healthy":1}"#))).await,
             sent: 0,
         }
     }
@@ -38,8 +40,8 @@ impl Healthy {
 }
 
 /// A raw TCP connection after a completed WebSocket handshake.
-async fn handshaken(server: &TestServer) -> TcpStream {
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+async fn handshaken(addr: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -107,7 +109,7 @@ async fn malformed_frames_close_only_their_sender() {
         ..Config::default()
     })
     .await;
-    let mut healthy = Healthy::new(&server).await;
+    let mut healthy = Healthy::new(&server.url).await;
     server.wait_connections(2).await;
     let cases: Vec<(Vec<u8>, u16)> = vec![
         // Invalid UTF-8 in a text frame.
@@ -133,7 +135,7 @@ async fn malformed_frames_close_only_their_sender() {
         ),
     ];
     for (bytes, code) in cases {
-        let mut tcp = handshaken(&server).await;
+        let mut tcp = handshaken(server.addr).await;
         let _ = tcp.write_all(&bytes).await;
         assert_eq!(close_code(&mut tcp).await, code);
         healthy.still_served().await;
@@ -144,7 +146,7 @@ async fn malformed_frames_close_only_their_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_tags_and_query_tricks() {
     let server = TestServer::start().await;
-    let mut healthy = Healthy::new(&server).await;
+    let mut healthy = Healthy::new(&server.url).await;
     // 10,000 tags in a request.
     let tags: Vec<String> = (0..10_000).map(|i| format!(r#""t{i}":{i}"#)).collect();
     let mut ws = raw(&server.url).await;
@@ -181,10 +183,22 @@ async fn oversized_tags_and_query_tricks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_floods_and_connection_churn_leave_others_served() {
     let server = TestServer::start().await;
-    let mut healthy = Healthy::new(&server).await;
+    let mut healthy = Healthy::new(&server.url).await;
     server.wait_connections(2).await;
-    // 10,000 pings in a burst.
-    let mut flooder = raw(&server.url).await;
+    ping_flood(&server.url).await;
+    healthy.still_served().await;
+    churn(&server.url, 2000).await;
+    healthy.still_served().await;
+    // Half-open TCP: handshaken sockets that vanish without a close.
+    half_open(server.addr, 50).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.wait_connections(2).await;
+    healthy.still_served().await;
+}
+
+/// 10,000 pings in a burst, then the flooder goes.
+async fn ping_flood(url: &str) {
+    let mut flooder = raw(url).await;
     for _ in 0..10_000 {
         if flooder
             .feed(Message::Ping(vec![0u8; 16].into()))
@@ -195,12 +209,13 @@ async fn ping_floods_and_connection_churn_leave_others_served() {
         }
     }
     let _ = flooder.flush().await;
-    healthy.still_served().await;
-    drop(flooder);
-    // Thousands of connects and disconnects, some abrupt.
+}
+
+/// `n` connects and disconnects, 64 at a time, every other one abrupt.
+async fn churn(url: &str, n: usize) {
     let mut tasks = Vec::new();
-    for i in 0..2000usize {
-        let url = server.url_with_tags(&format!(r#"{{"churn":{i}}}"#));
+    for i in 0..n {
+        let url = format!("{url}/?tags={}", encode(&format!(r#"{{"churn":{i}}}"#)));
         tasks.push(tokio::spawn(async move {
             if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
                 if i % 2 == 0 {
@@ -217,12 +232,108 @@ async fn ping_floods_and_connection_churn_leave_others_served() {
     for t in tasks {
         t.await.unwrap();
     }
-    healthy.still_served().await;
-    // Half-open TCP: handshaken sockets that vanish without a close.
-    for _ in 0..50 {
-        drop(handshaken(&server).await);
+}
+
+/// Handshaken sockets that vanish without a close.
+async fn half_open(addr: SocketAddr, n: usize) {
+    for _ in 0..n {
+        drop(handshaken(addr).await);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    server.wait_connections(2).await;
+}
+
+/// The server's resident memory in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Every kind of hostile client above, once, against the server at `addr`.
+async fn hostile_round(addr: SocketAddr) {
+    let url = format!("ws://{addr}");
+    // Malformed frames, over the default 1 MiB limit, and deep nesting: each closes its sender.
+    let cases = [
+        frame(true, 1, &[0xff, 0xfe, b'"']),
+        frame(true, 0, b"x"),
+        frame(true, 1, &vec![b'a'; 4 * 1024 * 1024]),
+        frame(
+            true,
+            1,
+            format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)).as_bytes(),
+        ),
+    ];
+    for bytes in cases {
+        let mut tcp = handshaken(addr).await;
+        let _ = tcp.write_all(&bytes).await;
+        assert_ne!(close_code(&mut tcp).await, 0);
+    }
+    // 10,000 tags in a request.
+    let tags: Vec<String> = (0..10_000).map(|i| format!(r#""t{i}":{i}"#)).collect();
+    let mut ws = raw(&url).await;
+    send_text(
+        &mut ws,
+        &format!(r#"{{"message":"x","tags":{{{}}}}}"#, tags.join(",")),
+    )
+    .await;
+    assert_eq!(recv_close(&mut ws).await.0, 1007);
+    ping_flood(&url).await;
+    churn(&url, 1000).await;
+    half_open(addr, 50).await;
+}
+
+/// The binary's connection count, from /metrics.
+async fn connections(addr: SocketAddr) -> usize {
+    let metrics = http_get(addr, "/metrics", "").await.body;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tagcast_connections "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no tagcast_connections in:\n{metrics}")) as usize
+}
+
+/// How far above its RSS before any hostile client the server may stay after them: what the
+/// allocator keeps for reuse (2 to 7 MiB here, however many rounds run). A leak of 2 KiB per
+/// hostile connection would exceed it within the six rounds below.
+const ALLOCATOR_SLACK_KIB: u64 = 12 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_returns_to_its_baseline_after_hostile_clients() {
+    let server = super::cli::serve(&[], &[]).await;
+    let (addr, pid) = (server.addr(), server.pid());
+    let url = format!("ws://{addr}");
+    let mut healthy = Healthy::new(&url).await;
+    // Every connection but the healthy pair is gone (a vanished socket's FIN arrives at once
+    // on loopback).
+    let only_healthy_left = || async {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while connections(addr).await != 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connections left behind"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    only_healthy_left().await;
     healthy.still_served().await;
+    let before = rss_kib(pid);
+    let mut after_rounds = Vec::new();
+    // Each round opens over 1,000 connections.
+    for _ in 0..6 {
+        hostile_round(addr).await;
+        healthy.still_served().await;
+        only_healthy_left().await;
+        after_rounds.push(rss_kib(pid));
+    }
+    eprintln!("server RSS: {before} KiB before, {after_rounds:?} KiB after each hostile round");
+    for rss in after_rounds {
+        assert!(
+            rss <= before + ALLOCATOR_SLACK_KIB,
+            "RSS {rss} KiB after a round, {before} KiB before any hostile client"
+        );
+    }
 }
