@@ -26,6 +26,10 @@ pub enum TokenError {
     /// The token's `exp` is past.
     #[error("expired: the token expired")]
     Expired,
+    /// The token has an `nbf` (not before) still in the future: outside its validity window,
+    /// so the reason is `expired` too.
+    #[error("expired: the token is not valid before its 'nbf'")]
+    NotYetValid,
     /// `key` names no application.
     #[error("unknown application: no application has this key")]
     UnknownApplication,
@@ -81,7 +85,8 @@ pub fn sign_tags(key: &str, secret: &str, tags: &Tags, ttl: std::time::Duration)
 }
 
 /// Checks a token at time `now` (Unix seconds): its form, its application (`secret_of` gives
-/// an application's secret from its key), its signature, then its expiry.
+/// an application's secret from its key), its signature, then its validity window (`exp`, and
+/// `nbf` when present; other claims such as `iat` or `jti` are ignored).
 pub fn verify<'a>(
     token: &str,
     now: u64,
@@ -113,13 +118,20 @@ pub fn verify<'a>(
         .get("tags")
         .ok_or_else(|| malformed("missing claim 'tags'"))
         .and_then(|t| Tags::from_value(t).map_err(|e| malformed(&format!("claim 'tags': {e}"))))?;
-    let exp = match claims.get("exp") {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .ok_or_else(|| malformed("claim 'exp' must be Unix seconds"))?,
-        _ => return Err(malformed("missing claim 'exp'")),
+    let seconds = |name: &str| -> Result<Option<u64>, TokenError> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                .map(Some)
+                .ok_or_else(|| malformed(&format!("claim '{name}' must be Unix seconds"))),
+            Some(_) => Err(malformed(&format!("claim '{name}' must be Unix seconds"))),
+        }
     };
+    let exp = seconds("exp")?.ok_or_else(|| malformed("missing claim 'exp'"))?;
+    // Optional, as in any JWT: not valid before this time.
+    let nbf = seconds("nbf")?;
     let secret = secret_of(key).ok_or(TokenError::UnknownApplication)?;
     let signature = URL_SAFE_NO_PAD
         .decode(signature.trim_end_matches('='))
@@ -132,6 +144,9 @@ pub fn verify<'a>(
         .map_err(|_| TokenError::Signature)?;
     if exp <= now {
         return Err(TokenError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now) {
+        return Err(TokenError::NotYetValid);
     }
     Ok(TokenClaims {
         key: key.to_owned(),
@@ -154,6 +169,18 @@ mod tests {
         let good = sign_tags_until("app", "s3cret", &tags, 2000);
         assert_eq!(verify(&good, 1000, secret).unwrap().tags, tags);
         assert_eq!(verify(&good, 2000, secret), Err(TokenError::Expired));
+        // `nbf`, when a JWT library adds one, bounds the window from below.
+        let claims = json!({ "key": "app", "tags": tags, "exp": 2000, "nbf": 1500, "iat": 1 });
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let mut mac = HmacSha256::new_from_slice(b"s3cret").unwrap();
+        mac.update(input.as_bytes());
+        let later = format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
+        assert_eq!(verify(&later, 1000, secret), Err(TokenError::NotYetValid));
+        assert_eq!(verify(&later, 1500, secret).unwrap().tags, tags);
         let other = sign_tags_until("nope", "s3cret", &tags, 2000);
         assert_eq!(
             verify(&other, 1000, secret),
@@ -179,6 +206,7 @@ mod tests {
         for e in [
             TokenError::Missing,
             TokenError::Expired,
+            TokenError::NotYetValid,
             TokenError::UnknownApplication,
             TokenError::Signature,
             TokenError::Subset,
