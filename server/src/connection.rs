@@ -197,6 +197,8 @@ where
     let Some(closing) = conn.closer.closing() else {
         return;
     };
+    // The close frame must be the last: nothing may be written around the task any more.
+    conn.outbox.stop_direct();
     let deadline = tokio::time::Instant::from_std(closing.deadline);
     if let Some((code, reason)) = &closing.frame {
         let frame = Message::Close(Some(CloseFrame {
@@ -239,7 +241,7 @@ async fn handle_text(text: &str, conn: &Connection, router: &Router) {
 fn reply(conn: &Connection, router: &Router, frame: ServerFrame) {
     let frame = Utf8Bytes::from(frame.to_json());
     let len = frame.len() as u64;
-    match conn.offer(frame) {
+    match conn.offer(frame, None) {
         Offered::Queued => {
             router.metrics.bytes_out.inc_by(len);
         }

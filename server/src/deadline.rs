@@ -32,6 +32,11 @@ impl<S> HeadDeadline<S> {
         }
     }
 
+    /// The stream inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Scans bytes for the end of the head.
     fn saw(&mut self, bytes: &[u8]) {
         const END: &[u8; 4] = b"\r\n\r\n";

@@ -25,6 +25,7 @@ use crate::metrics::{Rejection, Transport};
 use crate::outbox::Outbox;
 use crate::registry::{Connection, Registered, Slot};
 use crate::router::Refusal;
+use crate::socket::SharedTcp;
 use crate::AppState;
 
 /// Read buffer of each connection. tungstenite's default (128 KiB) would cost that much per
@@ -95,7 +96,7 @@ fn answer(id: Option<RequestId>, result: &Result<u64, Refusal>) -> Value {
 /// `POST /publish`: one WebSocketRequest, or an array of them answered in order.
 async fn publish(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
@@ -159,19 +160,21 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// The peer address of a connection, over plain TCP or TLS.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+/// The peer address of a connection, over plain TCP or TLS, and for plain TCP the socket the
+/// router may write to directly.
+#[derive(Debug, Clone)]
+pub struct Peer(pub SocketAddr, pub Option<SharedTcp>);
 
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Peer(*stream.remote_addr())
+        Peer(*stream.remote_addr(), None)
     }
 }
 
 impl Connected<IncomingStream<'_, PlainListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
-        Peer(*stream.remote_addr())
+        let socket = stream.io().get_ref().clone();
+        Peer(*stream.remote_addr(), Some(socket))
     }
 }
 
@@ -181,7 +184,7 @@ impl Connected<IncomingStream<'_, PlainListener>> for Peer {
 pub struct PlainListener(pub tokio::net::TcpListener, pub std::time::Duration);
 
 impl axum::serve::Listener for PlainListener {
-    type Io = HeadDeadline<tokio::net::TcpStream>;
+    type Io = HeadDeadline<SharedTcp>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -189,7 +192,7 @@ impl axum::serve::Listener for PlainListener {
             match self.0.accept().await {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    return (HeadDeadline::new(stream, self.1), peer);
+                    return (HeadDeadline::new(SharedTcp::new(stream), self.1), peer);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
@@ -207,13 +210,13 @@ impl axum::serve::Listener for PlainListener {
 
 impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
+        Peer(*stream.remote_addr(), None)
     }
 }
 
 async fn websocket_or_426(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer(peer, direct)): ConnectInfo<Peer>,
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
@@ -330,7 +333,7 @@ async fn websocket_or_426(
     upgrade.on_upgrade(move |socket| {
         // Registered before the first poll, and the connection's own future is what the
         // upgrade task runs: no wrapper future holding a second copy of the socket.
-        let registered = register(&state, peer, handshake, tags, envelope, slot);
+        let registered = register(&state, peer, direct, handshake, tags, envelope, slot);
         crate::connection::run(socket, registered, state.router.clone())
     })
 }
@@ -381,6 +384,7 @@ fn bad_tags(state: &AppState, e: &tagcast::TagsError) -> Response {
 fn register(
     state: &AppState,
     peer: SocketAddr,
+    socket: Option<SharedTcp>,
     handshake: Option<Box<Handshake>>,
     tags: Tags,
     envelope: bool,
@@ -389,7 +393,7 @@ fn register(
     let conn = Arc::new(Connection {
         id: state.registry.next_id(),
         envelope,
-        outbox: Outbox::new(state.config.queue_size),
+        outbox: Outbox::new(state.config.queue_size, socket),
         closer: Closer::default(),
         peer,
         handshake,

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod registry;
 pub mod router;
+pub mod socket;
 pub mod tls;
 
 use std::future::Future;

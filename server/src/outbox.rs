@@ -9,79 +9,127 @@
 //! reading holds at most `capacity` frames in the server, not a full queue plus a full batch.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
 
+use crate::socket::{Sent, SharedTcp};
+
 /// What became of a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
     /// Queued; the writer is woken.
     Queued,
+    /// Written straight into the socket: the queue was empty and the writer idle.
+    Written,
     /// The queue holds `capacity` frames already.
     Full,
     /// The writer is gone.
     Closed,
 }
 
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Utf8Bytes>,
+    /// The plain TCP socket, while frames may be written to it directly.
+    direct: Option<SharedTcp>,
+}
+
+/// How long a connection must have received nothing for a frame to be written into its socket
+/// directly, in microseconds. A connection receiving faster than that gets its frames queued,
+/// so that its writer sends them several per write.
+pub const QUIET_MICROS: u64 = 2_000;
+
 /// A bounded multi-producer, single-consumer queue of text frames.
 #[derive(Debug)]
 pub struct Outbox {
-    frames: Mutex<VecDeque<Utf8Bytes>>,
+    /// When the last frame was offered with a time ([`push`](Outbox::push)).
+    last_offer: AtomicU64,
+    state: Mutex<State>,
     capacity: usize,
     /// Frames the writer took and has not finished writing.
     in_writer: AtomicUsize,
+    /// A direct write left bytes in the socket: the writer must flush them.
+    flush: AtomicBool,
     writer: AtomicWaker,
     closed: AtomicBool,
 }
 
 impl Outbox {
-    /// An empty queue of at most `capacity` frames (nothing allocated yet).
-    pub fn new(capacity: usize) -> Self {
+    /// An empty queue of at most `capacity` frames (nothing allocated yet); with `direct`,
+    /// frames for an idle writer go straight into that socket.
+    pub fn new(capacity: usize, direct: Option<SharedTcp>) -> Self {
         Outbox {
-            frames: Mutex::new(VecDeque::new()),
+            last_offer: AtomicU64::new(0),
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                direct,
+            }),
             capacity,
             in_writer: AtomicUsize::new(0),
+            flush: AtomicBool::new(false),
             writer: AtomicWaker::new(),
             closed: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Utf8Bytes>> {
-        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a frame without waiting.
-    pub fn push(&self, frame: Utf8Bytes) -> Push {
+    /// Queues a frame without waiting. With `now` (microseconds on any clock that all pushes
+    /// share), a frame for a connection quiet for [`QUIET_MICROS`], with nothing queued or being
+    /// written, is written into its socket instead (the order of frames is kept either way).
+    pub fn push(&self, frame: Utf8Bytes, now: Option<u64>) -> Push {
         if self.closed.load(Ordering::Acquire) {
             return Push::Closed;
         }
+        let quiet = now.is_some_and(|now| {
+            now.saturating_sub(self.last_offer.swap(now, Ordering::Relaxed)) >= QUIET_MICROS
+        });
         {
-            let mut frames = self.lock();
-            if frames.len() + self.in_writer.load(Ordering::Acquire) >= self.capacity {
+            let mut state = self.lock();
+            let queued = state.frames.len() + self.in_writer.load(Ordering::Acquire);
+            if queued == 0 && quiet {
+                if let Some(socket) = &state.direct {
+                    match socket.try_frame(frame.as_bytes()) {
+                        Sent::Whole => return Push::Written,
+                        Sent::Part => {
+                            drop(state);
+                            self.flush.store(true, Ordering::Release);
+                            self.writer.wake();
+                            return Push::Written;
+                        }
+                        Sent::Not => {}
+                    }
+                }
+            }
+            if queued >= self.capacity {
                 return Push::Full;
             }
-            frames.push_back(frame);
+            state.frames.push_back(frame);
         }
         self.writer.wake();
         Push::Queued
     }
 
-    /// Moves every queued frame to the back of `into`; returns whether there was any. They
-    /// still count against the bound until [`written`](Outbox::written).
+    /// Moves every queued frame to the back of `into`; returns whether there was any, or a
+    /// direct write left bytes to flush. They still count against the bound until
+    /// [`written`](Outbox::written).
     pub fn take(&self, into: &mut VecDeque<Utf8Bytes>) -> bool {
-        let mut frames = self.lock();
-        if frames.is_empty() {
-            return false;
+        let flush = self.flush.swap(false, Ordering::AcqRel);
+        let mut state = self.lock();
+        if state.frames.is_empty() {
+            return flush;
         }
         if into.is_empty() {
             // O(1): the writer's spent buffer becomes the queue's.
-            std::mem::swap(&mut *frames, into);
+            std::mem::swap(&mut state.frames, into);
         } else {
-            into.extend(frames.drain(..));
+            into.extend(state.frames.drain(..));
         }
         self.in_writer.store(into.len(), Ordering::Release);
         true
@@ -106,6 +154,11 @@ impl Outbox {
         }
     }
 
+    /// No more direct writes: the connection is closing, and its close frame must be last.
+    pub fn stop_direct(&self) {
+        self.lock().direct = None;
+    }
+
     /// The writer is gone: later pushes answer `Closed` and what is queued is dropped.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -120,20 +173,20 @@ mod tests {
 
     #[test]
     fn bounded_and_drained_in_order() {
-        let outbox = Outbox::new(2);
-        assert_eq!(outbox.push("a".into()), Push::Queued);
-        assert_eq!(outbox.push("b".into()), Push::Queued);
-        assert_eq!(outbox.push("c".into()), Push::Full);
+        let outbox = Outbox::new(2, None);
+        assert_eq!(outbox.push("a".into(), None), Push::Queued);
+        assert_eq!(outbox.push("b".into(), None), Push::Queued);
+        assert_eq!(outbox.push("c".into(), None), Push::Full);
         let mut got = VecDeque::new();
         assert!(outbox.take(&mut got));
         assert_eq!(got, ["a", "b"].map(Utf8Bytes::from));
         assert!(!outbox.take(&mut got));
         // Taken but not written: still counted.
-        assert_eq!(outbox.push("c".into()), Push::Full);
+        assert_eq!(outbox.push("c".into(), None), Push::Full);
         got.clear();
         outbox.written();
-        assert_eq!(outbox.push("c".into()), Push::Queued);
+        assert_eq!(outbox.push("c".into(), None), Push::Queued);
         outbox.close();
-        assert_eq!(outbox.push("d".into()), Push::Closed);
+        assert_eq!(outbox.push("d".into(), None), Push::Closed);
     }
 }

@@ -42,13 +42,14 @@ impl Connection {
         }
     }
 
-    /// Queues a frame without waiting. A full queue closes the connection as a slow consumer.
-    pub fn offer(&self, frame: Utf8Bytes) -> Offered {
+    /// Queues a frame without waiting (or writes it, see [`Outbox::push`] for `now`). A full
+    /// queue closes the connection as a slow consumer.
+    pub fn offer(&self, frame: Utf8Bytes, now: Option<u64>) -> Offered {
         if self.closer.closing().is_some() {
             return Offered::Dropped;
         }
-        match self.outbox.push(frame) {
-            Push::Queued => Offered::Queued,
+        match self.outbox.push(frame, now) {
+            Push::Queued | Push::Written => Offered::Queued,
             Push::Full => {
                 if self.closer.close(POLICY_VIOLATION, SLOW_CONSUMER) {
                     tracing::info!(connection = self.id, "slow consumer: queue full, closing");
@@ -65,7 +66,7 @@ impl Connection {
 /// What became of an offered frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
-    /// In the connection's queue.
+    /// In the connection's queue, or already written into its socket.
     Queued,
     /// The queue was full: this offer closed the connection as a slow consumer.
     SlowConsumer,
@@ -92,7 +93,7 @@ impl Hash for Key {
 /// The open connections.
 ///
 /// The index sits behind a `std::sync::RwLock`, not a tokio lock: nothing awaits while holding
-/// it, and delivering only does `try_send` into queues, never socket I/O.
+/// it; delivering only queues frames or writes them without waiting.
 #[derive(Debug, Default)]
 pub struct Registry {
     index: RwLock<TagsTree<Key>>,
@@ -101,6 +102,18 @@ pub struct Registry {
     slots: AtomicUsize,
     /// Set at shutdown: connections that finish their handshake afterwards close at once.
     shutting_down: AtomicBool,
+}
+
+/// Recipients of one delivery whose frame may be written into their socket by the router.
+const DIRECT_WRITES_PER_DELIVERY: usize = 256;
+
+/// Microseconds since the first call: the clock of [`Outbox::push`].
+fn micros_since_start() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
 }
 
 /// The outcome of [`Registry::deliver`].
@@ -197,6 +210,11 @@ impl Registry {
         let mut envelope = Some(envelope);
         let mut envelope_frame: Option<Utf8Bytes> = None;
         let mut delivery = Delivery::default();
+        // Direct writes for the first recipients only: a large fan-out is written by the
+        // recipients' own tasks, on every core, and the index is not held through thousands
+        // of system calls.
+        let now = micros_since_start();
+        let mut direct = DIRECT_WRITES_PER_DELIVERY;
         self.read().for_each_match(tags, |Key(conn)| {
             let frame = if conn.envelope {
                 envelope_frame
@@ -206,7 +224,9 @@ impl Registry {
                 raw.clone()
             };
             let len = frame.len() as u64;
-            match conn.offer(frame) {
+            let now = (direct > 0).then_some(now);
+            direct = direct.saturating_sub(1);
+            match conn.offer(frame, now) {
                 Offered::Queued => {
                     delivery.delivered += 1;
                     delivery.bytes += len;

@@ -1,0 +1,213 @@
+//! A plain TCP socket that the connection's own task and the router can both write to.
+//!
+//! With one request in flight nothing batches, and waking a recipient's task to write one
+//! frame costs as much as the write itself. So when a recipient's queue is empty and its
+//! writer idle, the router writes the frame straight into the socket ([`SharedTcp::try_frame`]).
+//!
+//! Frames must never interleave. Every write, the task's (through tungstenite and hyper) and
+//! the router's, goes through one lock, and a write is accepted whole: what the kernel does not
+//! take stays in `pending` and goes out before anything else. A writer finding `pending` not
+//! empty waits for the socket like any blocked write.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// What became of a frame offered to [`SharedTcp::try_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The kernel took all of it.
+    Whole,
+    /// The kernel took part of it; the rest waits in the socket, and the connection's writer
+    /// must flush it.
+    Part,
+    /// Nothing was written (the socket is full, or something else waits to go out first).
+    Not,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tcp: TcpStream,
+    /// Bytes accepted but not yet written, always ahead of anything else.
+    pending: Mutex<Vec<u8>>,
+}
+
+/// A TCP stream shared by its connection's task and the router (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct SharedTcp(Arc<Inner>);
+
+impl SharedTcp {
+    /// Shares `tcp`.
+    pub fn new(tcp: TcpStream) -> Self {
+        SharedTcp(Arc::new(Inner {
+            tcp,
+            pending: Mutex::new(Vec::new()),
+        }))
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.0.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes one unmasked WebSocket text frame of `payload` without waiting, if nothing else
+    /// waits to go out.
+    pub fn try_frame(&self, payload: &[u8]) -> Sent {
+        let mut pending = self.pending();
+        if !pending.is_empty() {
+            return Sent::Not;
+        }
+        let mut header = [0u8; 10];
+        let header = frame_header(payload.len(), &mut header);
+        let total = header.len() + payload.len();
+        match self
+            .0
+            .tcp
+            .try_write_vectored(&[IoSlice::new(header), IoSlice::new(payload)])
+        {
+            Ok(n) if n == total => Sent::Whole,
+            Ok(0) | Err(_) => Sent::Not,
+            Ok(n) => {
+                if n < header.len() {
+                    pending.extend_from_slice(&header[n..]);
+                    pending.extend_from_slice(payload);
+                } else {
+                    pending.extend_from_slice(&payload[n - header.len()..]);
+                }
+                Sent::Part
+            }
+        }
+    }
+
+    /// Writes what is pending; ready when nothing is.
+    fn poll_drain(&self, pending: &mut Vec<u8>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !pending.is_empty() {
+            match self.0.tcp.try_write(pending) {
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.0.tcp.poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        // A burst's leftover buffer is not kept by an idle connection.
+        *pending = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The header of an unmasked, final text frame of `len` bytes.
+fn frame_header(len: usize, out: &mut [u8; 10]) -> &[u8] {
+    out[0] = 0x81;
+    if len < 126 {
+        out[1] = len as u8;
+        &out[..2]
+    } else if let Ok(len) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        &out[..4]
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        &out[..10]
+    }
+}
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.tcp.poll_read_ready(cx))?;
+            match self.0.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut pending = self.pending();
+        ready!(self.poll_drain(&mut pending, cx))?;
+        loop {
+            match self.0.tcp.try_write(buf) {
+                Ok(n) => {
+                    // Accepted whole: the rest goes out before any other write.
+                    pending.extend_from_slice(&buf[n..]);
+                    return Poll::Ready(Ok(buf.len()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.0.tcp.poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut pending = self.pending();
+        self.poll_drain(&mut pending, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut pending = self.pending();
+        ready!(self.poll_drain(&mut pending, cx))?;
+        Poll::Ready(socket2::SockRef::from(&self.0.tcp).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn frame_headers_by_length() {
+        let mut out = [0u8; 10];
+        assert_eq!(frame_header(5, &mut out), [0x81, 5]);
+        assert_eq!(frame_header(126, &mut out), [0x81, 126, 0, 126]);
+        assert_eq!(
+            frame_header(70_000, &mut out),
+            [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
+        );
+    }
+
+    #[tokio::test]
+    async fn direct_frames_and_stream_writes_keep_their_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let mut all = Vec::new();
+            tcp.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut shared = SharedTcp::new(tcp);
+        let direct = shared.clone();
+        shared.write_all(b"<stream>").await.unwrap();
+        assert_eq!(direct.try_frame(b"hi"), Sent::Whole);
+        shared.write_all(b"<end>").await.unwrap();
+        shared.shutdown().await.unwrap();
+        drop((shared, direct));
+        let all = client.await.unwrap();
+        assert_eq!(all, b"<stream>\x81\x02hi<end>");
+    }
+}
