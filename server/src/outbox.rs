@@ -41,7 +41,7 @@ struct State {
 /// How long a connection must have received nothing for a frame to be written into its socket
 /// directly, in microseconds. A connection receiving faster than that gets its frames queued,
 /// so that its writer sends them several per write.
-pub const QUIET_MICROS: u64 = 2_000;
+pub const QUIET_MICROS: u64 = 20_000;
 
 /// A bounded multi-producer, single-consumer queue of text frames.
 #[derive(Debug)]
