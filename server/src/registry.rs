@@ -107,13 +107,12 @@ pub struct Registry {
 /// Recipients of one delivery whose frame may be written into their socket by the router.
 const DIRECT_WRITES_PER_DELIVERY: usize = 256;
 
-/// Microseconds since the first call: the clock of [`Outbox::push`].
+/// The clock of [`Outbox::push`]: microseconds since the first call, plus a second, so that a
+/// connection never offered anything (last offer at 0) counts as quiet from the start.
 fn micros_since_start() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_micros() as u64
+    let elapsed = START.get_or_init(std::time::Instant::now).elapsed();
+    1_000_000 + elapsed.as_micros() as u64
 }
 
 /// The outcome of [`Registry::deliver`].

@@ -94,6 +94,43 @@ async fn one_senders_requests_arrive_in_order() {
     }
 }
 
+/// A quiet connection gets its frame written straight into its socket by the router; a busy
+/// one gets it queued behind what its writer still holds, including the rest of a frame the
+/// socket took only part of. Either way frames arrive whole and in order, at every size
+/// around the frame header's length limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_and_queued_frames_keep_their_order() {
+    let server = TestServer::with_config(tagcast_server::Config {
+        max_message_bytes: 4 << 20,
+        ..tagcast_server::Config::default()
+    })
+    .await;
+    let mut receiver = raw(&server.url_with_tags(r#"{"g":1}"#)).await;
+    let mut sender = raw(&server.url).await;
+    server.wait_connections(2).await;
+    let mut expected = Vec::new();
+    for round in 0..5 {
+        // A quiet spell (over 20 ms): the next frame may be written directly.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        for (i, size) in [1usize, 125, 126, 65_535, 65_536, 3_000_000, 10]
+            .into_iter()
+            .enumerate()
+        {
+            let text = format!("{round}-{i}-{}", "x".repeat(size));
+            let request = serde_json::json!({ "message": text, "tags": { "g": 1 } });
+            send_text(&mut sender, &request.to_string()).await;
+            expected.push(text);
+        }
+    }
+    // The receiver reads only now: meanwhile its socket filled up and writes were partial.
+    for text in expected {
+        assert_eq!(
+            recv_text(&mut receiver).await,
+            serde_json::to_string(&text).unwrap()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnected_clients_stop_receiving_and_leave_the_index() {
     let server = TestServer::start().await;
