@@ -53,7 +53,7 @@ struct SoakArgs {
     secs: u64,
     /// Seconds before the reference RSS is read: long enough for every slow subscriber to
     /// have been dropped once.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 150)]
     warmup_secs: u64,
     /// Reading subscribers, in 10 groups.
     #[arg(long, default_value_t = 1000)]
@@ -699,8 +699,9 @@ async fn soak(args: &SoakArgs) -> anyhow::Result<serde_json::Value> {
     let slow_dropped = Arc::new(AtomicU64::new(0));
     let slow_kept = Arc::new(AtomicU64::new(0));
     let hold = Duration::from_secs(args.slow_hold_secs);
-    // Staggered over one hold, so that some are always filling up: a steady load, not waves.
-    let stagger = hold / args.slow.max(1) as u32;
+    // Staggered over half a hold, so that some are always filling up (a steady load, not
+    // waves) and all have been dropped once by the end of the warm-up.
+    let stagger = hold / (2 * args.slow.max(1)) as u32;
     for i in 0..args.slow {
         let (url, dropped, kept) = (
             url_with_tags(&c.url, &json!({ "g": i % 10 })),
