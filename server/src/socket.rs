@@ -16,6 +16,8 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 /// What became of a frame offered to [`SharedTcp::try_frame`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,21 +103,18 @@ impl SharedTcp {
     }
 }
 
-/// The header of an unmasked, final text frame of `len` bytes.
+/// The header of an unmasked, final text frame of `len` bytes, as tungstenite formats it.
 fn frame_header(len: usize, out: &mut [u8; 10]) -> &[u8] {
-    out[0] = 0x81;
-    if len < 126 {
-        out[1] = len as u8;
-        &out[..2]
-    } else if let Ok(len) = u16::try_from(len) {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&len.to_be_bytes());
-        &out[..4]
-    } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        &out[..10]
-    }
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let mut rest = &mut out[..];
+    header
+        .format(len as u64, &mut rest)
+        .expect("10 bytes hold any unmasked header");
+    let written = 10 - rest.len();
+    &out[..written]
 }
 
 impl AsyncRead for SharedTcp {

@@ -288,11 +288,7 @@ async fn hostile_round(addr: SocketAddr) {
 /// The binary's connection count, from /metrics.
 async fn connections(addr: SocketAddr) -> usize {
     let metrics = http_get(addr, "/metrics", "").await.body;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tagcast_connections "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no tagcast_connections in:\n{metrics}")) as usize
+    sample(&metrics, "tagcast_connections") as usize
 }
 
 /// How far above its RSS before any hostile client the server may stay after them: what the

@@ -138,21 +138,6 @@ async fn publish_only_accepts_post() {
     assert_eq!(http_get(server.addr, "/publish", "").await.status, 405);
 }
 
-/// The value of a sample line `name{labels} value` in a metrics text.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_traffic() {
     let server = TestServer::with_config(Config {
