@@ -1,63 +1,8 @@
 //! The one error type of the protocol crate, with texts a user can act on.
 
 use crate::envelope::ErrorCode;
-
-/// A problem with a tag set (PROTOCOL.md §1). Each variant names the offending tag.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TagsError {
-    /// The tags are not valid JSON.
-    #[error("tags are not valid JSON: {0}")]
-    InvalidJson(String),
-    /// The tags are a JSON value other than an object (or the empty array).
-    #[error("tags must be a JSON object, found {0}")]
-    NotAnObject(&'static str),
-    /// A tag name is empty.
-    #[error("tag name must not be empty")]
-    EmptyName,
-    /// A tag name is longer than 128 bytes.
-    #[error("tag name {name:?} is {len} bytes long, the limit is 128")]
-    NameTooLong {
-        /// The first 32 characters of the name.
-        name: String,
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// A string value is longer than 256 bytes.
-    #[error("tag {name:?}: value is {len} bytes long, the limit is 256")]
-    ValueTooLong {
-        /// The tag name.
-        name: String,
-        /// The value's length in bytes.
-        len: usize,
-    },
-    /// A value is neither a string nor an integer.
-    #[error("tag {name:?}: value must be a string or an integer, found {found}")]
-    BadValue {
-        /// The tag name.
-        name: String,
-        /// What was found instead.
-        found: &'static str,
-    },
-    /// A number is not an integer that fits i64.
-    #[error(
-        "tag {name:?}: {number} is not an integer that fits 64 bits (no fraction, no exponent)"
-    )]
-    NotAnInteger {
-        /// The tag name.
-        name: String,
-        /// The number as written.
-        number: String,
-    },
-    /// More tags than allowed.
-    #[error("too many tags: {count}, the limit is {max}")]
-    TooMany {
-        /// How many tags came.
-        count: usize,
-        /// The limit (`--max-tags`).
-        max: usize,
-    },
-}
+// The type lives beside `Tags`; this keeps the path `tagcast::error::TagsError` working.
+pub use crate::tags::TagsError;
 
 /// Every error of the `tagcast` crate.
 #[derive(Debug, thiserror::Error)]

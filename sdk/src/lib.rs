@@ -5,7 +5,8 @@
 //! what every part of Tagcast shares, so a tag or a request means the same thing in the server,
 //! the native client and the browser SDK:
 //!
-//! - [`tags`]: [`Tags`] and [`TagValue`], validated as PROTOCOL.md §1 says (`5 == "5"`);
+//! - [`tags`]: [`Tags`] and [`TagValue`], validated as PROTOCOL.md §1 says (`5 == "5"`), and
+//!   [`TagsError`];
 //! - [`request`]: [`WebSocketRequest`], its builder, exact serialization and strict parsing;
 //! - [`parser`]: [`MessageParser`] and the string, JSON, serde-typed and JSON Schema parsers;
 //! - [`tags_tree`]: [`TagsTree`], the inverted index behind routing;
@@ -39,14 +40,14 @@ pub mod token;
 #[cfg(feature = "client")]
 pub use client::{ClientBuilder, Received, WebSocketClient};
 pub use envelope::{ErrorCode, RequestId, ServerFrame, SUBPROTOCOL};
-pub use error::{Error, TagsError};
+pub use error::Error;
 pub use mock::WebSocketClientMock;
 #[cfg(feature = "json-schema")]
 pub use parser::SchemaParser;
 pub use parser::{JsonParser, MessageParser, StringParser, TypedParser};
 pub use publisher::{PublishFuture, Publisher};
 pub use request::{Metadata, ParseOptions, WebSocketRequest};
-pub use tags::{TagValue, Tags};
+pub use tags::{TagValue, Tags, TagsError};
 pub use tags_tree::TagsTree;
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 pub use token::sign_tags;

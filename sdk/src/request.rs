@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::envelope::RequestId;
 use crate::error::Error;
-use crate::tags::{json_kind, Tags, DEFAULT_MAX_TAGS};
+use crate::tags::{json_kind, Tags, TagsError, DEFAULT_MAX_TAGS};
 
 /// Free-form request metadata (a JSON object). With `--auth`, it carries `key` and `secret`.
 /// It is never forwarded to recipients.
@@ -232,12 +232,7 @@ fn build(
     };
     let tags = match object.get("tags") {
         None | Some(Value::Null) => Tags::new(),
-        Some(v) => {
-            let tags = Tags::from_value(v).map_err(|e| invalid_tags(&e))?;
-            tags.check_count(options.max_tags)
-                .map_err(|e| invalid_tags(&e))?;
-            tags
-        }
+        Some(v) => Tags::from_value_bounded(v, options.max_tags).map_err(|e| invalid_tags(&e))?,
     };
     let metadata = match object.remove("metadata") {
         None | Some(Value::Null) => Metadata::new(),
@@ -257,7 +252,7 @@ fn build(
     })
 }
 
-fn invalid_tags(e: &crate::error::TagsError) -> Error {
+fn invalid_tags(e: &TagsError) -> Error {
     Error::InvalidRequest(format!("invalid 'tags': {e}"))
 }
 

@@ -7,14 +7,69 @@ use std::hash::{Hash, Hasher};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::TagsError;
-
 /// Longest tag name, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 /// Longest string tag value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 256;
 /// Default bound on the number of tags of a connection or a request (`--max-tags`).
 pub const DEFAULT_MAX_TAGS: usize = 64;
+
+/// A problem with a tag set (PROTOCOL.md §1). Each variant names the offending tag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TagsError {
+    /// The tags are not valid JSON.
+    #[error("tags are not valid JSON: {0}")]
+    InvalidJson(String),
+    /// The tags are a JSON value other than an object (or the empty array).
+    #[error("tags must be a JSON object, found {0}")]
+    NotAnObject(&'static str),
+    /// A tag name is empty.
+    #[error("tag name must not be empty")]
+    EmptyName,
+    /// A tag name is longer than 128 bytes.
+    #[error("tag name {name:?} is {len} bytes long, the limit is 128")]
+    NameTooLong {
+        /// The first 32 characters of the name.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A string value is longer than 256 bytes.
+    #[error("tag {name:?}: value is {len} bytes long, the limit is 256")]
+    ValueTooLong {
+        /// The tag name.
+        name: String,
+        /// The value's length in bytes.
+        len: usize,
+    },
+    /// A value is neither a string nor an integer.
+    #[error("tag {name:?}: value must be a string or an integer, found {found}")]
+    BadValue {
+        /// The tag name.
+        name: String,
+        /// What was found instead.
+        found: &'static str,
+    },
+    /// A number is not an integer that fits i64.
+    #[error(
+        "tag {name:?}: {number} is not an integer that fits 64 bits (no fraction, no exponent)"
+    )]
+    NotAnInteger {
+        /// The tag name.
+        name: String,
+        /// The number as written.
+        number: String,
+    },
+    /// More tags than allowed.
+    #[error("too many tags: {count}, the limit is {max}")]
+    TooMany {
+        /// How many tags came.
+        count: usize,
+        /// The limit (`--max-tags`).
+        max: usize,
+    },
+}
 
 /// One tag value: a string or an integer.
 ///
@@ -145,17 +200,45 @@ impl Tags {
         Tags(pairs)
     }
 
-    /// Parses and validates tags from JSON text. No bound on the count: see [`Tags::check_count`].
+    /// Parses and validates tags from JSON text. No bound on the count: see
+    /// [`Tags::parse_bounded`] for tags from the network.
     pub fn parse(json: &str) -> Result<Tags, TagsError> {
+        Tags::parse_bounded(json, usize::MAX)
+    }
+
+    /// Parses and validates tags from JSON text, refusing more than `max` of them
+    /// ([`TagsError::TooMany`]): what a handshake's `tags`, or a client's own tags, go through.
+    ///
+    /// ```
+    /// use tagcast::{Tags, TagsError};
+    /// let tags = Tags::parse_bounded(r#"{"language": "FR", "user": 42}"#, 2).unwrap();
+    /// assert_eq!(tags.len(), 2);
+    /// let err = Tags::parse_bounded(r#"{"a": 1, "b": 2, "c": 3}"#, 2).unwrap_err();
+    /// assert_eq!(err, TagsError::TooMany { count: 3, max: 2 });
+    /// ```
+    pub fn parse_bounded(json: &str, max: usize) -> Result<Tags, TagsError> {
         let value: Value =
             serde_json::from_str(json).map_err(|e| TagsError::InvalidJson(e.to_string()))?;
-        Tags::from_value(&value)
+        Tags::from_value_bounded(&value, max)
     }
 
     /// Validates tags from a JSON value: an object, or the empty array `[]` (PHP's empty map).
+    /// No bound on the count: see [`Tags::from_value_bounded`].
     pub fn from_value(value: &Value) -> Result<Tags, TagsError> {
+        Tags::from_value_bounded(value, usize::MAX)
+    }
+
+    /// Like [`Tags::from_value`], refusing more than `max` tags. The count is checked first, so
+    /// an oversized set is refused before any of its tags is copied.
+    pub fn from_value_bounded(value: &Value, max: usize) -> Result<Tags, TagsError> {
         match value {
             Value::Object(map) => {
+                if map.len() > max {
+                    return Err(TagsError::TooMany {
+                        count: map.len(),
+                        max,
+                    });
+                }
                 let mut tags = Vec::with_capacity(map.len());
                 for (name, v) in map {
                     check_name(name)?;
@@ -380,6 +463,32 @@ mod tests {
         let v = "v".repeat(257);
         assert!(Tags::parse(&format!(r#"{{"n": "{v}"}}"#)).is_err());
         assert!(Tags::parse(&format!(r#"{{"n": "{}"}}"#, "v".repeat(256))).is_ok());
+    }
+
+    #[test]
+    fn bounded_parsing_checks_the_count() {
+        let three = r#"{"a": 1, "b": "2", "c": 3}"#;
+        assert_eq!(Tags::parse_bounded(three, 3).unwrap().len(), 3);
+        assert_eq!(
+            Tags::parse_bounded(three, 2).unwrap_err(),
+            TagsError::TooMany { count: 3, max: 2 }
+        );
+        assert!(Tags::parse_bounded("[]", 0).unwrap().is_empty());
+        assert!(Tags::parse_bounded("{}", 0).unwrap().is_empty());
+        // Validation still applies under the bound.
+        assert!(matches!(
+            Tags::parse_bounded(r#"{"a": true}"#, 5),
+            Err(TagsError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Tags::parse_bounded("{", 5),
+            Err(TagsError::InvalidJson(_))
+        ));
+        let value: Value = serde_json::from_str(three).unwrap();
+        assert_eq!(
+            Tags::from_value_bounded(&value, 1).unwrap_err().to_string(),
+            "too many tags: 3, the limit is 1"
+        );
     }
 
     #[test]
