@@ -126,48 +126,21 @@ impl ClientBuilder {
         self
     }
 
-    /// The URL the handshake uses: the given URL with `tags` and the extra query parameters.
-    pub fn handshake_url(&self) -> String {
-        let mut pairs = Vec::new();
+    /// The URL the handshake uses: the given URL with `tags` and the extra query parameters;
+    /// [`Error::InvalidUrl`] when the URL is not a `ws://` or `wss://` one.
+    pub fn handshake_url(&self) -> Result<String, Error> {
+        let tags = self.tags.to_json();
+        let mut pairs = Vec::with_capacity(self.query.len() + 1);
         if !self.tags.is_empty() {
-            pairs.push(("tags".to_owned(), self.tags.to_json()));
+            pairs.push(("tags", tags.as_str()));
         }
-        pairs.extend(self.query.iter().cloned());
-        if pairs.is_empty() {
-            return self.url.clone();
-        }
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &pairs {
-            query.append_pair(k, v);
-        }
-        let (base, fragment) = match self.url.split_once('#') {
-            Some((b, f)) => (b, Some(f)),
-            None => (self.url.as_str(), None),
-        };
-        let mut url = base.to_owned();
-        if !base.contains('?') {
-            // `ws://host:8080` and `ws://host:8080/` must both work.
-            if !base
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.contains('/'))
-            {
-                url.push('/');
-            }
-            url.push('?');
-        } else if !base.ends_with('?') && !base.ends_with('&') {
-            url.push('&');
-        }
-        url.push_str(&query.finish());
-        if let Some(f) = fragment {
-            url.push('#');
-            url.push_str(f);
-        }
-        url
+        pairs.extend(self.query.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        crate::url::handshake_url(&self.url, &pairs)
     }
 
     /// Opens the connection.
     pub async fn connect(self) -> Result<WebSocketClient, Error> {
-        let url = self.handshake_url();
+        let url = self.handshake_url()?;
         let mut request = url
             .as_str()
             .into_client_request()

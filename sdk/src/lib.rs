@@ -14,7 +14,8 @@
 //! - [`publisher`]: [`Publisher`], what application code depends on;
 //! - [`client`] (feature `client`, on by default): [`WebSocketClient`], tokio-based;
 //! - [`mock`]: [`WebSocketClientMock`], a recording [`Publisher`] for unit tests;
-//! - [`token`]: signed tags (HS256 JWTs) for `--signed-tags`: `sign_tags` for backends.
+//! - [`token`]: signed tags (HS256 JWTs) for `--signed-tags`: `sign_tags` for backends;
+//! - [`url`]: handshake URLs (a server URL with `tags`, `key`, ...), for every client.
 //!
 //! With default features off the crate has no tokio and builds for `wasm32-unknown-unknown`.
 //!
@@ -36,6 +37,7 @@ pub mod request;
 pub mod tags;
 pub mod tags_tree;
 pub mod token;
+pub mod url;
 
 #[cfg(feature = "client")]
 pub use client::{ClientBuilder, Received, WebSocketClient};
