@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use futures_core::Stream;
 use futures_util::{SinkExt, StreamExt};
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -302,31 +301,9 @@ impl WebSocketClient {
                 "this client was opened raw: sending needs envelope mode".into(),
             ));
         }
-        match request.message() {
-            Value::Null => return Err(Error::EmptyMessage),
-            Value::String(s) if s.is_empty() => return Err(Error::EmptyMessage),
-            _ => {}
-        }
+        // A refused request leaves a gap in the ids, which is harmless: they only need to differ.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let tags = request.tags().merged_over(&self.default_tags);
-        let mut metadata = self.default_metadata.clone();
-        for (k, v) in request.metadata() {
-            metadata.insert(k.clone(), v.clone());
-        }
-        #[derive(Serialize)]
-        struct Frame<'a> {
-            id: i64,
-            message: &'a Value,
-            tags: &'a Tags,
-            metadata: &'a Metadata,
-        }
-        let frame = serde_json::to_string(&Frame {
-            id,
-            message: request.message(),
-            tags: &tags,
-            metadata: &metadata,
-        })
-        .map_err(|e| Error::InvalidMessage(e.to_string()))?;
+        let frame = request.to_envelope_json(id, &self.default_tags, &self.default_metadata)?;
         let (reply, answer) = oneshot::channel();
         if self
             .commands

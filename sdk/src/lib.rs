@@ -7,7 +7,8 @@
 //!
 //! - [`tags`]: [`Tags`] and [`TagValue`], validated as PROTOCOL.md §1 says (`5 == "5"`), and
 //!   [`TagsError`];
-//! - [`request`]: [`WebSocketRequest`], its builder, exact serialization and strict parsing;
+//! - [`request`]: [`WebSocketRequest`], its builder, exact serialization, strict parsing, and
+//!   its envelope frame with a client's defaults merged;
 //! - [`parser`]: [`MessageParser`] and the string, JSON, serde-typed and JSON Schema parsers;
 //! - [`tags_tree`]: [`TagsTree`], the inverted index behind routing;
 //! - [`envelope`]: the `tagcast.v1` frames (message, ack, error) and their error codes;

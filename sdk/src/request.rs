@@ -122,6 +122,60 @@ impl WebSocketRequest {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a WebSocketRequest always serializes")
     }
+
+    /// The frame a client sends for this request in envelope mode (PROTOCOL.md §6):
+    /// `{"id":…,"message":…,"tags":{…},"metadata":{…}}`, with the client's `default_tags` and
+    /// `default_metadata` merged under the request's own (a name in both keeps the request's
+    /// value). Every client builds its frames here, so they all merge the same way.
+    ///
+    /// Fails with [`Error::EmptyMessage`] when the message is `null` or `""`.
+    ///
+    /// ```
+    /// use tagcast::{Metadata, Tags, WebSocketRequest};
+    ///
+    /// let mut defaults = Metadata::new();
+    /// defaults.insert("key".into(), "application1".into());
+    /// let request = WebSocketRequest::new("Hi").with_tags(Tags::new().with("language", "EN"));
+    /// let frame = request
+    ///     .to_envelope_json(7, &Tags::new().with("language", "FR").with("room", 1), &defaults)
+    ///     .unwrap();
+    /// assert_eq!(
+    ///     frame,
+    ///     r#"{"id":7,"message":"Hi","tags":{"language":"EN","room":1},"metadata":{"key":"application1"}}"#
+    /// );
+    /// ```
+    pub fn to_envelope_json(
+        &self,
+        id: i64,
+        default_tags: &Tags,
+        default_metadata: &Metadata,
+    ) -> Result<String, Error> {
+        match &self.message {
+            Value::Null => return Err(Error::EmptyMessage),
+            Value::String(s) if s.is_empty() => return Err(Error::EmptyMessage),
+            _ => {}
+        }
+        let tags = self.tags.merged_over(default_tags);
+        let mut metadata = default_metadata.clone();
+        for (k, v) in &self.metadata {
+            metadata.insert(k.clone(), v.clone());
+        }
+        /// Borrows the parts, in the order the frame has them.
+        #[derive(Serialize)]
+        struct Frame<'a> {
+            id: i64,
+            message: &'a Value,
+            tags: &'a Tags,
+            metadata: &'a Metadata,
+        }
+        serde_json::to_string(&Frame {
+            id,
+            message: &self.message,
+            tags: &tags,
+            metadata: &metadata,
+        })
+        .map_err(|e| Error::InvalidMessage(e.to_string()))
+    }
 }
 
 impl std::str::FromStr for WebSocketRequest {
@@ -309,6 +363,51 @@ mod tests {
         assert!(r.is_ok());
         let (id, _) = parse_request(r#"{"id":1.5,"message":"m"}"#, &opts);
         assert_eq!(id, None);
+    }
+
+    #[test]
+    fn envelope_frames_merge_defaults_under_the_request() {
+        let mut defaults = Metadata::new();
+        defaults.insert("key".into(), "k".into());
+        defaults.insert("secret".into(), "s".into());
+        let default_tags = Tags::new().with("room", 1).with("language", "FR");
+        let request = WebSocketRequest::new(serde_json::json!({"text": "x"}))
+            .with_tags(Tags::new().with("language", "EN"))
+            .with_meta("trace", 5)
+            .with_meta("key", "own");
+        assert_eq!(
+            request
+                .to_envelope_json(3, &default_tags, &defaults)
+                .unwrap(),
+            r#"{"id":3,"message":{"text":"x"},"tags":{"language":"EN","room":1},"metadata":{"key":"own","secret":"s","trace":5}}"#
+        );
+        // Without defaults the request goes as it is, empty tags and metadata as objects.
+        assert_eq!(
+            WebSocketRequest::new("m")
+                .to_envelope_json(-1, &Tags::new(), &Metadata::new())
+                .unwrap(),
+            r#"{"id":-1,"message":"m","tags":{},"metadata":{}}"#
+        );
+        // The server reads it back as the same request with that id.
+        let opts = ParseOptions {
+            allow_id: true,
+            ..Default::default()
+        };
+        let frame = request
+            .to_envelope_json(9, &default_tags, &defaults)
+            .unwrap();
+        let (id, parsed) = parse_request(&frame, &opts);
+        assert_eq!(id, Some(RequestId::Integer(9)));
+        assert_eq!(
+            parsed.unwrap().tags(),
+            &request.tags().merged_over(&default_tags)
+        );
+        for empty in [Value::Null, Value::from("")] {
+            assert!(matches!(
+                WebSocketRequest::new(empty).to_envelope_json(1, &Tags::new(), &Metadata::new()),
+                Err(Error::EmptyMessage)
+            ));
+        }
     }
 
     #[test]
