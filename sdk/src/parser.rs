@@ -126,13 +126,19 @@ impl std::fmt::Debug for SchemaParser {
     }
 }
 
+/// A JSON Schema that cannot be compiled; the text says what is wrong with it.
+#[cfg(feature = "json-schema")]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSchema(pub String);
+
 #[cfg(feature = "json-schema")]
 impl SchemaParser {
-    /// Compiles a schema; the error text says what is wrong with it.
-    pub fn new(schema: &Value) -> Result<Self, String> {
+    /// Compiles a schema.
+    pub fn new(schema: &Value) -> Result<Self, InvalidSchema> {
         jsonschema::validator_for(schema)
             .map(|validator| SchemaParser { validator })
-            .map_err(|e| e.to_string())
+            .map_err(|e| InvalidSchema(e.to_string()))
     }
 }
 

@@ -2,12 +2,69 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 use tagcast::WebSocketRequest;
 
-use crate::config::ConfigError;
+/// An auth file (`--auth`) that cannot be used; the text names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthFileError {
+    /// The file cannot be read.
+    #[error("{path}: cannot read the auth file: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file's content is not a valid list of applications.
+    #[error("{path}: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: ApplicationsError,
+    },
+}
+
+/// What is wrong with an applications YAML document; positions count from 1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplicationsError {
+    /// Not YAML.
+    #[error("bad YAML: {0}")]
+    Yaml(String),
+    /// No top-level `applications` key.
+    #[error("no 'applications' key")]
+    NoApplications,
+    /// `applications` is not a list.
+    #[error("'applications' must be a list")]
+    NotAList,
+    /// An application lacks a field.
+    #[error("application {position} has no '{field}'")]
+    Missing {
+        /// The application's position, from 1.
+        position: usize,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// `key` or `secret` is not a string.
+    #[error("application {position}: '{field}' must be a string")]
+    NotAString {
+        /// The application's position, from 1.
+        position: usize,
+        /// The field.
+        field: &'static str,
+    },
+    /// `authorizeOpen` is not a boolean.
+    #[error("application {position}: 'authorizeOpen' must be true or false")]
+    NotABool {
+        /// The application's position, from 1.
+        position: usize,
+    },
+}
 
 /// What a connection showed at its handshake: what `AuthManager`s decide on.
 ///
@@ -158,47 +215,47 @@ impl fmt::Debug for ApplicationsAuthManager {
 
 impl ApplicationsAuthManager {
     /// Reads the applications from a YAML file; the error names the file and the application.
-    pub fn from_file(path: &Path, authorize_open: bool) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::AuthFile {
+    pub fn from_file(path: &Path, authorize_open: bool) -> Result<Self, AuthFileError> {
+        let text = std::fs::read_to_string(path).map_err(|error| AuthFileError::Read {
             path: path.to_owned(),
-            reason: format!("cannot read the auth file: {e}"),
+            error,
         })?;
-        Self::from_yaml(&text, authorize_open).map_err(|reason| ConfigError::AuthFile {
+        Self::from_yaml(&text, authorize_open).map_err(|problem| AuthFileError::Invalid {
             path: path.to_owned(),
-            reason,
+            problem,
         })
     }
 
     /// Reads the applications from YAML text; the error names the application (from 1).
-    pub fn from_yaml(text: &str, authorize_open: bool) -> Result<Self, String> {
+    pub fn from_yaml(text: &str, authorize_open: bool) -> Result<Self, ApplicationsError> {
         use serde_yaml_ng::Value;
-        let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| format!("bad YAML: {e}"))?;
+        let doc: Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ApplicationsError::Yaml(e.to_string()))?;
         let list = match doc.get("applications") {
             Some(Value::Sequence(list)) => list,
-            Some(_) => return Err("'applications' must be a list".into()),
-            None => return Err("no 'applications' key".into()),
+            Some(_) => return Err(ApplicationsError::NotAList),
+            None => return Err(ApplicationsError::NoApplications),
         };
         let mut applications = Vec::with_capacity(list.len());
         for (i, app) in list.iter().enumerate() {
             let position = i + 1;
-            let text_field = |name: &str| -> Result<String, String> {
-                match app.get(name) {
-                    Some(Value::String(s)) => Ok(s.clone()),
-                    Some(Value::Number(n)) => Ok(n.to_string()),
-                    Some(_) => Err(format!("application {position}: '{name}' must be a string")),
-                    None => Err(format!("application {position} has no '{name}'")),
-                }
+            let text_field = |field: &'static str| match app.get(field) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(Value::Number(n)) => Ok(n.to_string()),
+                Some(_) => Err(ApplicationsError::NotAString { position, field }),
+                None => Err(ApplicationsError::Missing { position, field }),
             };
             let key = text_field("key")?;
             let secret = text_field("secret")?;
             let open = match app.get("authorizeOpen") {
                 Some(Value::Bool(b)) => *b,
-                Some(_) => {
-                    return Err(format!(
-                        "application {position}: 'authorizeOpen' must be true or false"
-                    ))
+                Some(_) => return Err(ApplicationsError::NotABool { position }),
+                None => {
+                    return Err(ApplicationsError::Missing {
+                        position,
+                        field: "authorizeOpen",
+                    })
                 }
-                None => return Err(format!("application {position} has no 'authorizeOpen'")),
             };
             applications.push(Application {
                 key,
@@ -301,12 +358,25 @@ mod tests {
     #[test]
     fn start_up_errors_name_the_application() {
         let e = |y: &str| ApplicationsAuthManager::from_yaml(y, true).unwrap_err();
-        assert!(e("applications:\n  - key: a\n    secret: b\n    authorizeOpen: true\n  - key: c\n    authorizeOpen: true\n")
-            .contains("application 2 has no 'secret'"));
-        assert!(e("apps: []").contains("no 'applications'"));
-        assert!(e("applications: [").contains("bad YAML"));
-        assert!(e("applications:\n  - secret: b\n    authorizeOpen: true\n")
-            .contains("application 1 has no 'key'"));
+        let second = e("applications:\n  - key: a\n    secret: b\n    authorizeOpen: true\n  - key: c\n    authorizeOpen: true\n");
+        assert_eq!(
+            second,
+            ApplicationsError::Missing {
+                position: 2,
+                field: "secret"
+            }
+        );
+        assert_eq!(second.to_string(), "application 2 has no 'secret'");
+        assert_eq!(e("apps: []"), ApplicationsError::NoApplications);
+        assert!(matches!(e("applications: ["), ApplicationsError::Yaml(_)));
+        assert_eq!(
+            e("applications:\n  - secret: b\n    authorizeOpen: true\n").to_string(),
+            "application 1 has no 'key'"
+        );
+        assert_eq!(
+            e("applications:\n  - key: a\n    secret: b\n    authorizeOpen: 1\n"),
+            ApplicationsError::NotABool { position: 1 }
+        );
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub struct Config {
     /// Requests per second each connection may send, with a burst of as many (`--rate-limit`);
     /// `None` is no limit.
     pub rate_limit: Option<u32>,
+    /// Whether the router may write a frame straight into a quiet recipient's plain TCP socket
+    /// (`--direct-writes`, default on); off, every frame goes through the recipient's queue
+    /// (for debugging, and for benchmarks that compare both paths).
+    pub direct_writes: bool,
 }
 
 /// Default `--handshake-timeout`.
@@ -109,6 +113,7 @@ impl Default for Config {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             ping_interval: Some(DEFAULT_PING_INTERVAL),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            direct_writes: true,
         }
     }
 }
@@ -118,13 +123,8 @@ impl Default for Config {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The auth file is missing, unreadable or invalid.
-    #[error("{path}: {reason}")]
-    AuthFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with the application's position (from 1) when it is one of them.
-        reason: String,
-    },
+    #[error(transparent)]
+    AuthFile(#[from] crate::auth::AuthFileError),
     /// The JSON Schema file is missing, unreadable or not a valid schema.
     #[error("{path}: {reason}")]
     SchemaFile {
@@ -134,13 +134,11 @@ pub enum ConfigError {
         reason: String,
     },
     /// A TLS file is missing, unreadable or does not match its pair.
-    #[error("{path}: {reason}")]
-    Tls {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The cluster's bus cannot start (bad `--redis` URL, Redis unreachable).
+    #[error(transparent)]
+    Bus(#[from] crate::cluster::BusError),
     /// An option has a value that cannot work.
     #[error("{0}")]
     Invalid(String),

@@ -10,17 +10,107 @@
 //! writer: an idle connection costs one future, not two, and no lock around a split socket.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tagcast::ServerFrame;
 use tokio::time::timeout_at;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::close;
-use crate::metrics::{Rejection, Transport};
-use crate::registry::{Connection, Offered, Registered};
-use crate::router::{RateLimiter, Refusal, Router};
+use crate::auth::Handshake;
+use crate::close::{self, Closer, POLICY_VIOLATION, SLOW_CONSUMER};
+use crate::outbox::{Outbox, Push};
+use crate::refusal::{Reason, Refusal};
+use crate::registry::Registered;
+use crate::router::{RateLimiter, Router};
+
+/// One open connection: what the router and the registry hold of it (the handle); its task is
+/// [`run`].
+#[derive(Debug)]
+pub struct Connection {
+    /// Unique for the life of the server; the identity of the connection in the index.
+    pub id: u64,
+    /// Whether it speaks `tagcast.v1` (envelope frames) or raw frames.
+    pub envelope: bool,
+    /// Its bounded outgoing queue; a full queue means a slow consumer.
+    pub outbox: Outbox,
+    /// Closes it (first reason wins).
+    pub closer: Closer,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// What it showed at the handshake, kept only for auth managers whose `authorize_send`
+    /// reads it (`AuthManager::keeps_handshake`).
+    pub handshake: Option<Box<Handshake>>,
+}
+
+impl Connection {
+    /// The handshake `authorize_send` sees: the kept one, or the peer address alone.
+    pub fn handshake(&self) -> std::borrow::Cow<'_, Handshake> {
+        match &self.handshake {
+            Some(h) => std::borrow::Cow::Borrowed(h),
+            None => std::borrow::Cow::Owned(Handshake {
+                peer: self.peer,
+                query: Vec::new(),
+                headers: Default::default(),
+            }),
+        }
+    }
+
+    /// Queues a frame without waiting (or writes it, see [`Outbox::push`] for `now`). A full
+    /// queue closes the connection as a slow consumer.
+    pub fn offer(&self, frame: Utf8Bytes, now: Option<u64>) -> Offered {
+        if self.closer.closing().is_some() {
+            return Offered::Dropped;
+        }
+        match self.outbox.push(frame, now) {
+            Push::Queued | Push::Written => Offered::Queued,
+            Push::Full => {
+                if self.closer.close(POLICY_VIOLATION, SLOW_CONSUMER) {
+                    tracing::info!(connection = self.id, "slow consumer: queue full, closing");
+                    Offered::SlowConsumer
+                } else {
+                    Offered::Dropped
+                }
+            }
+            Push::Closed => Offered::Dropped,
+        }
+    }
+}
+
+/// What became of an offered frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// In the connection's queue, or already written into its socket.
+    Queued,
+    /// The queue was full: this offer closed the connection as a slow consumer.
+    SlowConsumer,
+    /// The connection is closing or gone.
+    Dropped,
+}
+
+/// What each connection's task needs to know, from the configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// `--rate-limit`: requests per second per connection.
+    pub rate_limit: Option<u32>,
+    /// `--ping-interval`.
+    pub ping_interval: Option<Duration>,
+    /// `--idle-timeout`.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Settings {
+    /// How often the keepalive timer fires: the shorter of the two, or never.
+    fn keepalive_step(&self) -> Option<Duration> {
+        match (self.ping_interval, self.idle_timeout) {
+            (Some(p), Some(i)) => Some(p.min(i)),
+            (p, i) => p.or(i),
+        }
+    }
+}
 
 /// What woke the connection up.
 enum Event<T> {
@@ -36,8 +126,12 @@ enum Event<T> {
 
 /// Runs a registered connection until it ends. Generic over the socket so the rules can be
 /// driven without a network.
-pub async fn run<S, E>(mut socket: S, registered: Registered, router: Arc<Router>)
-where
+pub async fn run<S, E>(
+    mut socket: S,
+    registered: Registered,
+    router: Arc<Router>,
+    settings: Settings,
+) where
     S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -48,15 +142,11 @@ where
     tokio::pin!(closed);
     // Frames taken from the outbox; swapped with it, so neither reallocates in steady state.
     let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
-    let mut limiter = router.rate_limit.map(RateLimiter::new);
+    let mut limiter = settings.rate_limit.map(RateLimiter::new);
     // Keepalive: one timer, moved only when it fires (not on every frame).
     let mut last_heard = tokio::time::Instant::now();
-    let keepalive_step = match (router.ping_interval, router.idle_timeout) {
-        (Some(p), Some(i)) => Some(p.min(i)),
-        (p, i) => p.or(i),
-    };
-    let keepalive =
-        tokio::time::sleep(keepalive_step.unwrap_or(std::time::Duration::from_secs(86_400)));
+    let keepalive_step = settings.keepalive_step();
+    let keepalive = tokio::time::sleep(keepalive_step.unwrap_or(Duration::from_secs(86_400)));
     tokio::pin!(keepalive);
     loop {
         let event = tokio::select! {
@@ -73,7 +163,7 @@ where
             Event::Closing => break,
             Event::Keepalive => {
                 let silent = last_heard.elapsed();
-                if router.idle_timeout.is_some_and(|limit| silent >= limit) {
+                if settings.idle_timeout.is_some_and(|limit| silent >= limit) {
                     tracing::debug!(
                         connection = conn.id,
                         "idle timeout: the peer stopped answering"
@@ -81,7 +171,7 @@ where
                     conn.closer.close(close::GOING_AWAY, "idle timeout");
                     continue;
                 }
-                if router.ping_interval.is_some_and(|every| silent >= every) {
+                if settings.ping_interval.is_some_and(|every| silent >= every) {
                     let pinged = tokio::select! {
                         biased;
                         _ = &mut closed => break,
@@ -117,7 +207,7 @@ where
                 let (code, reason) = classify(&e);
                 tracing::debug!(connection = conn.id, code, reason, "read error");
                 if code == close::MESSAGE_TOO_BIG {
-                    router.metrics.rejected(Rejection::TooBig);
+                    router.metrics.rejected(Reason::TooBig);
                 }
                 if code == 0 {
                     conn.closer.close_silently();
@@ -125,48 +215,21 @@ where
                     conn.closer.close(code, reason);
                 }
             }
-            Event::Read(Some(Ok(ref message @ (Message::Text(_) | Message::Binary(_)))))
-                if limiter.as_mut().is_some_and(|l| !l.allow()) =>
-            {
-                router.metrics.received(Transport::WebSocket);
-                router.metrics.rejected(Rejection::RateLimited);
-                // The request is dropped; its id (if any) still goes back with the error.
-                let id = match message {
-                    Message::Text(text) if conn.envelope => {
-                        let options = tagcast::ParseOptions {
-                            allow_id: true,
-                            max_tags: usize::MAX,
-                        };
-                        tagcast::request::parse_request(text, &options).0
-                    }
-                    _ => None,
-                };
-                let refusal = Refusal {
-                    code: tagcast::ErrorCode::RateLimited,
-                    text: "rate limited".into(),
-                };
-                refuse(conn, &router, id, refusal);
-            }
             Event::Read(Some(Ok(message))) => match message {
                 Message::Text(text) => {
                     router.metrics.bytes_in.inc_by(text.len() as u64);
                     // Boxed: routing holds large state (parsing, the cluster publish) only while
                     // it runs, instead of reserving it in every idle connection's future.
-                    Box::pin(handle_text(&text, conn, &router)).await;
+                    Box::pin(handle_text(&text, conn, &router, limiter.as_mut())).await;
                 }
                 Message::Binary(data) => {
                     router.metrics.bytes_in.inc_by(data.len() as u64);
-                    router.metrics.received(Transport::WebSocket);
-                    router.metrics.rejected(Rejection::BadRequest);
-                    let refusal = Refusal {
-                        code: tagcast::ErrorCode::BadRequest,
-                        text: "binary frames are not accepted: send a JSON text frame".into(),
-                    };
+                    let refusal = router.refuse_binary(limiter.as_mut());
                     refuse(conn, &router, None, refusal);
                 }
                 Message::Ping(_) | Message::Pong(_) => {}
                 // The peer closes: tungstenite answers it as we read on to the end.
-                Message::Close(_) => {
+                Message::Close(_) | Message::Frame(_) => {
                     conn.closer.close_silently();
                 }
             },
@@ -202,7 +265,7 @@ where
     let deadline = tokio::time::Instant::from_std(closing.deadline);
     if let Some((code, reason)) = &closing.frame {
         let frame = Message::Close(Some(CloseFrame {
-            code: *code,
+            code: (*code).into(),
             reason: Utf8Bytes::from(reason.as_str()),
         }));
         let sent = timeout_at(deadline, async {
@@ -222,9 +285,14 @@ where
     while let Ok(Some(Ok(_))) = timeout_at(deadline, socket.next()).await {}
 }
 
-async fn handle_text(text: &str, conn: &Connection, router: &Router) {
+async fn handle_text(
+    text: &str,
+    conn: &Connection,
+    router: &Router,
+    limiter: Option<&mut RateLimiter>,
+) {
     let (id, result) = router
-        .route_text(text, conn.envelope, &conn.handshake())
+        .route_text(text, conn.envelope, &conn.handshake(), limiter)
         .await;
     match result {
         Ok(delivered) => {
@@ -254,23 +322,17 @@ fn reply(conn: &Connection, router: &Router, frame: ServerFrame) {
 
 /// Answers a refused request: an error frame in envelope mode, a close in raw mode.
 fn refuse(conn: &Connection, router: &Router, id: Option<tagcast::RequestId>, refusal: Refusal) {
-    tracing::debug!(connection = conn.id, code = %refusal.code, error = %refusal.text, "request refused");
+    tracing::debug!(connection = conn.id, reason = refusal.reason.label(), error = %refusal.text, "request refused");
     if conn.envelope {
         let frame = ServerFrame::Error {
             id,
-            code: refusal.code,
+            code: refusal.reason.error_code(),
             error: refusal.text,
         };
         reply(conn, router, frame);
     } else {
-        let code = match refusal.code {
-            tagcast::ErrorCode::Unauthorized | tagcast::ErrorCode::RateLimited => {
-                close::POLICY_VIOLATION
-            }
-            tagcast::ErrorCode::Unavailable => close::TRY_AGAIN_LATER,
-            _ => close::INVALID_PAYLOAD,
-        };
-        conn.closer.close(code, &refusal.text);
+        conn.closer
+            .close(refusal.reason.close_code(), &refusal.text);
     }
 }
 

@@ -1,32 +1,62 @@
-//! The axum router: WebSocket upgrade (with the handshake rules of PROTOCOL.md §2), `/healthz`,
-//! `/metrics`, `POST /publish` (PROTOCOL.md §7), the `--static` folder, and 426 for other plain
-//! requests.
+//! The HTTP side, and the only module that names axum: the WebSocket upgrade (the rules of
+//! admission live in [`handshake`](crate::handshake)), `/healthz`, `/metrics`, `POST /publish`
+//! (PROTOCOL.md §7), the `--static` folder, and 426 for other plain requests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::connect_info::Connected;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use axum::Json;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tagcast::{ErrorCode, RequestId, Tags, TokenError, SUBPROTOCOL};
+use tagcast::RequestId;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 use tower::ServiceExt;
 
 use crate::auth::Handshake;
 use crate::close::Closer;
+use crate::cluster::Bus;
+use crate::config::Config;
+use crate::connection::{Connection, Settings};
 use crate::deadline::HeadDeadline;
-use crate::metrics::{Rejection, Transport};
+use crate::handshake::{parse_query, unix_now, Admission, Admitted};
+use crate::metrics::{Metrics, Transport};
+use crate::outbox::direct::SharedTcp;
 use crate::outbox::Outbox;
-use crate::registry::{Connection, Registered, Slot};
-use crate::router::Refusal;
-use crate::socket::SharedTcp;
-use crate::AppState;
+use crate::refusal::{Reason, Refusal};
+use crate::registry::{Registered, Registry};
+use crate::router::Router;
+
+/// What every request handler shares.
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Config,
+    /// The open connections.
+    pub registry: Arc<Registry>,
+    /// Routing of requests.
+    pub router: Arc<Router>,
+    /// The rules of the WebSocket handshake.
+    pub admission: Admission,
+    /// What each connection's task needs from the configuration.
+    pub settings: Settings,
+    /// The `--static` folder, served on plain GET requests.
+    pub static_files: Option<tower_http::services::ServeDir>,
+    /// Counters and histograms of `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The TLS configuration, when `--tls-cert` and `--tls-key` are given.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The bus between the nodes of a cluster.
+    pub bus: Arc<dyn Bus>,
+}
 
 /// Read buffer of each connection. tungstenite's default (128 KiB) would cost that much per
 /// idle connection; requests are small, and larger frames grow the buffer as they arrive.
@@ -46,12 +76,13 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    match &state.bus {
-        Some(bus) if !bus.is_up() => text(
+    if state.bus.is_up() {
+        "ok".into_response()
+    } else {
+        text(
             StatusCode::SERVICE_UNAVAILABLE,
             "cluster unavailable: the Redis bus is down",
-        ),
-        _ => "ok".into_response(),
+        )
     }
 }
 
@@ -69,16 +100,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 fn json_error(status: StatusCode, error: impl Into<String>) -> Response {
     (status, Json(json!({ "error": error.into() }))).into_response()
-}
-
-/// The HTTP status of a refusal on `/publish` (PROTOCOL.md §7).
-fn status_of(code: ErrorCode) -> StatusCode {
-    match code {
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_REQUEST,
-    }
 }
 
 /// One answer of `/publish`: `{"delivered": n}` or `{"error": "..."}`, with the request's `id`.
@@ -104,7 +125,7 @@ async fn publish(
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
-            state.metrics.rejected(Rejection::TooBig);
+            state.metrics.rejected(Reason::TooBig);
             return json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is over --max-message-bytes ({limit} bytes)"),
@@ -116,7 +137,7 @@ async fn publish(
         Ok(v) => v,
         Err(e) => {
             state.metrics.received(Transport::Http);
-            state.metrics.rejected(Rejection::BadRequest);
+            state.metrics.rejected(Reason::BadRequest);
             return json_error(
                 StatusCode::BAD_REQUEST,
                 format!("the body is not valid JSON: {e}"),
@@ -142,7 +163,7 @@ async fn publish(
             let (id, result) = state.router.route_value(single, &handshake).await;
             let status = match &result {
                 Ok(_) => StatusCode::OK,
-                Err(refusal) => status_of(refusal.code),
+                Err(refusal) => status(refusal.reason.http_status()),
             };
             (status, Json(answer(id, &result))).into_response()
         }
@@ -214,198 +235,174 @@ impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for Peer {
     }
 }
 
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 async fn websocket_or_426(
     State(state): State<Arc<AppState>>,
     ConnectInfo(Peer(peer, direct)): ConnectInfo<Peer>,
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(u) => u,
-        Err(rejection) => {
-            let asks_upgrade = parts
-                .headers
-                .get(header::UPGRADE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-            if asks_upgrade {
-                return rejection.into_response();
-            }
-            if let Some(files) = &state.static_files {
-                // ServeDir never lists directories and never leaves its folder.
-                return match files
-                    .clone()
-                    .oneshot(Request::from_parts(parts, body))
-                    .await
-                {
-                    Ok(response) => response.map(Body::new),
-                    Err(never) => match never {},
-                };
-            }
-            if parts.method != Method::GET && parts.method != Method::HEAD {
-                return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            }
-            let mut response = text(
-                StatusCode::UPGRADE_REQUIRED,
-                "This is a Tagcast WebSocket server: open a WebSocket to ws://HOST:PORT/?tags={\"language\":\"FR\"} (tags optional).",
-            );
-            response.headers_mut().insert(
-                header::UPGRADE,
-                header::HeaderValue::from_static("websocket"),
-            );
-            return response;
-        }
-    };
-    let uri = parts.uri;
-    let headers = parts.headers;
-
-    // PROTOCOL.md §2: the connection limit, then authorization, then the tags.
-    let Some(slot) = state.registry.reserve(state.config.max_connections) else {
-        state.metrics.handshake_rejected(503);
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is at its connection limit, try again later",
-        );
+    let upgrade = match upgrade_request(&mut parts) {
+        Ok(upgrade) => upgrade,
+        Err(Some(rejection)) => return rejection,
+        Err(None) => return plain_request(&state, parts, body).await,
     };
     let handshake = Handshake {
         peer,
-        query: uri.query().map(parse_query).unwrap_or_default(),
-        headers,
+        query: parts.uri.query().map(parse_query).unwrap_or_default(),
+        headers: parts.headers,
     };
-    let tags = match &state.tokens {
-        // --signed-tags: the tags come from a token the application's backend signed.
-        Some(applications) => {
-            let token = handshake
-                .query_value("token")
-                .map(str::to_owned)
-                .or_else(|| {
-                    token_protocol(&upgrade).map(|p| p["tagcast.token.".len()..].to_owned())
-                });
-            let claims = match token {
-                None => Err(TokenError::Missing),
-                Some(token) => {
-                    tagcast::token::verify(&token, unix_now(), |key| applications.secret_of(key))
-                }
-            };
-            let granted = match claims {
-                Ok(claims) => claims.tags,
-                Err(e) => return refuse_open(&state, peer, e.to_string()),
-            };
-            match handshake.query_value("tags") {
-                None => granted,
-                Some(json) => match parse_tags(json, state.config.max_tags) {
-                    Err(e) => return bad_tags(&state, &e),
-                    Ok(asked) if granted.contains_all(&asked) => asked,
-                    Ok(_) => return refuse_open(&state, peer, TokenError::Subset.to_string()),
-                },
-            }
-        }
-        None => {
-            if let Err(denied) = state.auth.authorize_open(&handshake) {
-                return refuse_open(&state, peer, denied.0);
-            }
-            match handshake.query_value("tags") {
-                None => Tags::new(),
-                Some(json) => match parse_tags(json, state.config.max_tags) {
-                    Ok(tags) => tags,
-                    Err(e) => return bad_tags(&state, &e),
-                },
-            }
+    let admitted = match state.admission.admit(handshake, unix_now()) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            let status = refused.status();
+            tracing::debug!(%peer, status, reason = %refused.text(), "handshake refused");
+            state.metrics.handshake_rejected(status);
+            return text(self::status(status), refused.text());
         }
     };
-    let handshake = state.auth.keeps_handshake().then(|| Box::new(handshake));
-    let max = state.config.max_message_bytes;
-    // Offered tagcast.v1 wins; a browser that offered only its token protocol must get one
-    // selected back, or it fails the connection.
-    let mut known: Vec<std::borrow::Cow<'static, str>> = vec![SUBPROTOCOL.into()];
-    if let Some(p) = token_protocol(&upgrade) {
-        known.push(p.into());
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
+        .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+        .header(header::SEC_WEBSOCKET_ACCEPT, upgrade.accept)
+        .body(Body::empty())
+        .expect("a valid response");
+    if let Some(protocol) = admitted
+        .protocol
+        .as_deref()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
-    let upgrade = upgrade
-        .protocols(known)
+    let max = state.config.max_message_bytes;
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max);
-    let envelope = upgrade
-        .selected_protocol()
-        .is_some_and(|p| p.as_bytes() == SUBPROTOCOL.as_bytes());
-    upgrade.on_upgrade(move |socket| {
-        // Registered before the first poll, and the connection's own future is what the
-        // upgrade task runs: no wrapper future holding a second copy of the socket.
-        let registered = register(&state, peer, direct, handshake, tags, envelope, slot);
-        crate::connection::run(socket, registered, state.router.clone())
-    })
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    tokio::spawn(async move {
+        // Upgrade failed (the client went away): the slot goes back with `admitted`.
+        let Ok(upgraded) = upgrade.on_upgrade.await else {
+            return;
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        let registered = register(&state, peer, direct, admitted);
+        crate::connection::run(socket, registered, state.router.clone(), state.settings).await
+    });
+    response
 }
 
-/// The `tagcast.token.<token>` subprotocol a client offered, if any.
-fn token_protocol<F>(upgrade: &WebSocketUpgrade<F>) -> Option<String> {
-    upgrade
-        .requested_protocols()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find(|p| p.starts_with("tagcast.token."))
-        .map(str::to_owned)
+/// A WebSocket upgrade request's parts (RFC 6455 §4.2.1, as axum's extractor checks them).
+struct Upgrade {
+    accept: String,
+    on_upgrade: hyper::upgrade::OnUpgrade,
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+/// The upgrade a request asks for; `Err(None)` for a plain request, `Err(Some(response))`
+/// for a broken upgrade request.
+fn upgrade_request(parts: &mut Parts) -> Result<Upgrade, Option<Response>> {
+    let has = |name: header::HeaderName, token: &str| {
+        parts.headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has(header::UPGRADE, "websocket") {
+        return Err(None);
+    }
+    let refuse = |status: StatusCode, why: &str| Err(Some(text(status, why)));
+    if parts.method != Method::GET {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Request method must be `GET`",
+        );
+    }
+    if !has(header::CONNECTION, "upgrade") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Connection header did not include 'upgrade'",
+        );
+    }
+    if !has(header::SEC_WEBSOCKET_VERSION, "13") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Version` header did not include '13'",
+        );
+    }
+    let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` header missing",
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket request couldn't be upgraded since no upgrade state was present",
+        );
+    };
+    Ok(Upgrade { accept, on_upgrade })
 }
 
-/// The decoded pairs of a query string (`application/x-www-form-urlencoded`).
-pub fn parse_query(query: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect()
+/// A request without an upgrade: the `--static` folder, or 426 saying how to connect.
+async fn plain_request(state: &AppState, parts: Parts, body: Body) -> Response {
+    if let Some(files) = &state.static_files {
+        // ServeDir never lists directories and never leaves its folder.
+        return match files
+            .clone()
+            .oneshot(Request::from_parts(parts, body))
+            .await
+        {
+            Ok(response) => response.map(Body::new),
+            Err(never) => match never {},
+        };
+    }
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    let mut response = text(
+        StatusCode::UPGRADE_REQUIRED,
+        "This is a Tagcast WebSocket server: open a WebSocket to ws://HOST:PORT/?tags={\"language\":\"FR\"} (tags optional).",
+    );
+    response.headers_mut().insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    response
 }
 
-/// Tags from a handshake's `tags` value, bounded by `--max-tags`.
-pub fn parse_tags(json: &str, max: usize) -> Result<Tags, tagcast::TagsError> {
-    let tags = Tags::parse(json)?;
-    tags.check_count(max)?;
-    Ok(tags)
-}
-
-fn refuse_open(state: &AppState, peer: SocketAddr, reason: String) -> Response {
-    tracing::debug!(%peer, %reason, "opening refused");
-    state.metrics.handshake_rejected(401);
-    text(StatusCode::UNAUTHORIZED, reason)
-}
-
-fn bad_tags(state: &AppState, e: &tagcast::TagsError) -> Response {
-    state.metrics.handshake_rejected(400);
-    text(StatusCode::BAD_REQUEST, format!("invalid 'tags': {e}"))
-}
-
+/// Puts an upgraded connection in the registry (closed at once during a shutdown).
 fn register(
     state: &AppState,
     peer: SocketAddr,
     socket: Option<SharedTcp>,
-    handshake: Option<Box<Handshake>>,
-    tags: Tags,
-    envelope: bool,
-    slot: Slot,
+    admitted: Admitted,
 ) -> Registered {
     let conn = Arc::new(Connection {
         id: state.registry.next_id(),
-        envelope,
+        envelope: admitted.envelope,
         outbox: Outbox::new(state.config.queue_size, socket),
         closer: Closer::default(),
         peer,
-        handshake,
+        handshake: admitted.handshake,
     });
-    tracing::debug!(connection = conn.id, peer = %conn.peer, tags = %tags.to_json(), envelope, "connection opened");
-    if !state.registry.register(conn.clone(), tags) {
+    tracing::debug!(connection = conn.id, peer = %conn.peer, tags = %admitted.tags.to_json(), envelope = conn.envelope, "connection opened");
+    if !state.registry.register(conn.clone(), admitted.tags) {
         conn.closer
             .close(crate::close::GOING_AWAY, "server shutting down");
     }
     Registered {
         conn,
         registry: state.registry.clone(),
-        _slot: slot,
+        _slot: admitted.slot,
     }
 }

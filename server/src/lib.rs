@@ -4,9 +4,13 @@
 //! [`MessageParser`](tagcast::MessageParser) or [`AuthManager`](auth::AuthManager), as the
 //! original server's `server.php` did with PHP objects.
 //!
-//! Layout: [`config`] (every option, validated once), [`auth`] (who may open and send),
-//! [`registry`] (open connections by tags), [`router`] (parse, authorize, deliver),
-//! [`connection`] (reader and writer loops, close codes in [`close`]), [`http`] (axum routes).
+//! Layout, following one request: [`http`] (the only module that names axum: upgrade, API,
+//! probes) hands a WebSocket handshake to [`handshake`] (who may open, with which tags), then
+//! the connection's task in [`connection`] reads its requests; [`router`] parses, authorizes,
+//! puts each one on the [`cluster`] bus and delivers it through [`registry`] (open connections
+//! by tags) into each recipient's [`outbox`] (queue, or a direct write into its socket).
+//! [`config`] holds every option, [`auth`] who may open and send, [`refusal`] and [`close`] the
+//! codes that tell a refusal.
 //!
 //! [`Server::builder`] is the entry point.
 
@@ -16,12 +20,13 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod deadline;
+pub mod handshake;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod refusal;
 pub mod registry;
 pub mod router;
-pub mod socket;
 pub mod tls;
 
 use std::future::Future;
@@ -31,40 +36,24 @@ use std::time::Duration;
 use tagcast::{JsonParser, MessageParser, SchemaParser, StringParser};
 
 use crate::auth::{AllowAll, ApplicationsAuthManager, AuthManager};
+use crate::cluster::local::LocalBus;
+use crate::cluster::redis::RedisBus;
+use crate::cluster::Bus;
 pub use crate::config::{Config, ConfigError, MessageMode};
+use crate::connection::Settings;
+use crate::handshake::Admission;
+use crate::http::AppState;
 use crate::registry::Registry;
-use crate::router::Router;
+use crate::router::{Fanout, Router};
 
 /// How long a shutdown waits for connections to finish their close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// What every request handler shares.
-pub struct AppState {
-    /// The validated configuration.
-    pub config: Config,
-    /// The open connections.
-    pub registry: Arc<Registry>,
-    /// Routing of requests.
-    pub router: Arc<Router>,
-    /// Authorization.
-    pub auth: Arc<dyn AuthManager>,
-    /// The `--static` folder, served on plain GET requests.
-    pub static_files: Option<tower_http::services::ServeDir>,
-    /// Counters and histograms of `/metrics`.
-    pub metrics: Arc<metrics::Metrics>,
-    /// The TLS configuration, when `--tls-cert` and `--tls-key` are given.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// The Redis bus of a cluster (`--redis`).
-    pub bus: Option<Arc<cluster::RedisBus>>,
-    /// With `--signed-tags`: the applications whose secrets sign tokens.
-    pub tokens: Option<Arc<ApplicationsAuthManager>>,
-    /// Whether the bus was connected (by [`Server::connect_cluster`] or [`Server::run`]).
-    bus_started: std::sync::atomic::AtomicBool,
-}
-
 /// A configured server, ready to [`run`](Server::run) on a listener.
 pub struct Server {
     state: Arc<AppState>,
+    /// Whether the bus was started (by [`Server::connect_cluster`] or [`Server::run`]).
+    bus_started: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Server {
@@ -149,25 +138,19 @@ impl ServerBuilder {
             Some(files) => Some(tls::load(&files.cert, &files.key)?),
             None => None,
         };
-        let bus = match &config.redis {
-            Some(url) => Some(Arc::new(cluster::RedisBus::new(
-                url,
-                &config.redis_channel,
-            )?)),
-            None => None,
+        let bus: Arc<dyn Bus> = match &config.redis {
+            Some(url) => Arc::new(RedisBus::new(url, &config.redis_channel)?),
+            None => Arc::new(LocalBus),
         };
         let metrics = Arc::new(metrics::Metrics::new());
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(Registry::new(config.direct_writes));
         let router = Arc::new(Router {
-            registry: registry.clone(),
             parser,
             auth: auth.clone(),
             max_tags: config.max_tags,
             metrics: metrics.clone(),
             bus: bus.clone(),
-            rate_limit: config.rate_limit,
-            ping_interval: config.ping_interval,
-            idle_timeout: config.idle_timeout,
+            fanout: Arc::new(Fanout::new(registry.clone(), metrics.clone())),
         });
         let static_files = match &config.static_dir {
             Some(dir) => {
@@ -181,19 +164,31 @@ impl ServerBuilder {
             }
             None => None,
         };
+        let admission = Admission {
+            registry: registry.clone(),
+            max_connections: config.max_connections,
+            max_tags: config.max_tags,
+            auth,
+            tokens,
+        };
+        let settings = Settings {
+            rate_limit: config.rate_limit,
+            ping_interval: config.ping_interval,
+            idle_timeout: config.idle_timeout,
+        };
         Ok(Server {
             state: Arc::new(AppState {
                 config,
                 registry,
                 router,
-                auth,
+                admission,
+                settings,
                 static_files,
                 metrics,
                 tls,
                 bus,
-                tokens,
-                bus_started: Default::default(),
             }),
+            bus_started: Default::default(),
         })
     }
 }
@@ -249,27 +244,23 @@ impl Server {
 
     /// Connects to the cluster's Redis (`--redis`); an unreachable Redis is a configuration
     /// error. [`run`](Server::run) does it when it was not done before; call it first to tell
-    /// a bad Redis apart from other failures. Without `--redis` it does nothing.
+    /// a bad Redis apart from other failures. Without `--redis` it does nothing. When it returns
+    /// `Ok`, the bus is up.
     pub async fn connect_cluster(&self) -> Result<(), ConfigError> {
-        let Some(bus) = &self.state.bus else {
-            return Ok(());
-        };
-        if self
-            .state
-            .bus_started
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        use std::sync::atomic::Ordering;
+        if self.bus_started.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let started = bus
-            .start(self.state.registry.clone(), self.state.metrics.clone())
+        let started = self
+            .state
+            .bus
+            .clone()
+            .start(self.state.router.fanout.clone())
             .await;
         if started.is_err() {
-            self.state
-                .bus_started
-                .store(false, std::sync::atomic::Ordering::Release);
+            self.bus_started.store(false, Ordering::Release);
         }
-        started
+        Ok(started?)
     }
 
     /// Serves on `listener` until `shutdown` completes, then closes every connection with 1001

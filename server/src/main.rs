@@ -125,6 +125,11 @@ struct ServeArgs {
         default_value_t = 75
     )]
     idle_timeout: u64,
+    /// Write a frame straight into a quiet recipient's socket instead of waking its task (plain
+    /// TCP only); false queues every frame (for debugging, and to compare both paths).
+    #[arg(long, env = "TAGCAST_DIRECT_WRITES", default_value = "true", value_name = "true|false",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolValueParser::new())]
+    direct_writes: bool,
     /// Connections' tags come from tokens signed by an application's backend (needs --auth).
     #[arg(long, env = "TAGCAST_SIGNED_TAGS")]
     signed_tags: bool,
@@ -177,6 +182,7 @@ impl ServeArgs {
             redis_channel: self.redis_channel,
             rate_limit: self.rate_limit,
             signed_tags: self.signed_tags,
+            direct_writes: self.direct_writes,
             handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout.max(1)),
             ping_interval: (self.ping_interval > 0)
                 .then(|| std::time::Duration::from_secs(self.ping_interval)),

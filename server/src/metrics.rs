@@ -7,35 +7,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tagcast::ErrorCode;
+
+use crate::refusal::Reason;
 
 type Labels = Vec<(&'static str, &'static str)>;
-
-/// Why a request was refused, as the `reason` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// Malformed or invalid request.
-    BadRequest,
-    /// Unauthorized send.
-    Unauthorized,
-    /// Over `--rate-limit`.
-    RateLimited,
-    /// The cluster bus is down.
-    Unavailable,
-    /// Over `--max-message-bytes`.
-    TooBig,
-}
-
-impl From<ErrorCode> for Rejection {
-    fn from(code: ErrorCode) -> Self {
-        match code {
-            ErrorCode::Unauthorized => Rejection::Unauthorized,
-            ErrorCode::RateLimited => Rejection::RateLimited,
-            ErrorCode::Unavailable => Rejection::Unavailable,
-            _ => Rejection::BadRequest,
-        }
-    }
-}
 
 /// Where a request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,14 +86,8 @@ impl Metrics {
             "Requests refused, by reason",
             rejected.clone(),
         );
-        let rejected = [
-            "bad_request",
-            "unauthorized",
-            "rate_limited",
-            "unavailable",
-            "too_big",
-        ]
-        .map(|reason| rejected.get_or_create_owned(&vec![("reason", reason)]));
+        let rejected = Reason::ALL
+            .map(|reason| rejected.get_or_create_owned(&vec![("reason", reason.label())]));
 
         let deliveries = Counter::default();
         registry.register(
@@ -214,15 +183,8 @@ impl Metrics {
     }
 
     /// Counts a refused request.
-    pub fn rejected(&self, why: Rejection) {
-        let i = match why {
-            Rejection::BadRequest => 0,
-            Rejection::Unauthorized => 1,
-            Rejection::RateLimited => 2,
-            Rejection::Unavailable => 3,
-            Rejection::TooBig => 4,
-        };
-        self.rejected[i].inc();
+    pub fn rejected(&self, why: Reason) {
+        self.rejected[why.index()].inc();
     }
 
     /// Counts a refused handshake by its status.

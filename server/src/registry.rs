@@ -1,78 +1,16 @@
 //! Open connections, indexed by their tags, with handles to their outgoing queues.
 
+use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use axum::extract::ws::Utf8Bytes;
 use tagcast::{Tags, TagsTree};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::auth::Handshake;
-use crate::close::{Closer, GOING_AWAY, POLICY_VIOLATION, SLOW_CONSUMER};
-use crate::outbox::{Outbox, Push};
-
-/// What the router needs of one open connection.
-#[derive(Debug)]
-pub struct Connection {
-    /// Unique for the life of the server; the identity of the connection in the index.
-    pub id: u64,
-    /// Whether it speaks `tagcast.v1` (envelope frames) or raw frames.
-    pub envelope: bool,
-    /// Its bounded outgoing queue; a full queue means a slow consumer.
-    pub outbox: Outbox,
-    /// Closes it (first reason wins).
-    pub closer: Closer,
-    /// The peer's address.
-    pub peer: std::net::SocketAddr,
-    /// What it showed at the handshake, kept only for auth managers whose `authorize_send`
-    /// reads it (`AuthManager::keeps_handshake`).
-    pub handshake: Option<Box<Handshake>>,
-}
-
-impl Connection {
-    /// The handshake `authorize_send` sees: the kept one, or the peer address alone.
-    pub fn handshake(&self) -> std::borrow::Cow<'_, Handshake> {
-        match &self.handshake {
-            Some(h) => std::borrow::Cow::Borrowed(h),
-            None => std::borrow::Cow::Owned(Handshake {
-                peer: self.peer,
-                query: Vec::new(),
-                headers: Default::default(),
-            }),
-        }
-    }
-
-    /// Queues a frame without waiting (or writes it, see [`Outbox::push`] for `now`). A full
-    /// queue closes the connection as a slow consumer.
-    pub fn offer(&self, frame: Utf8Bytes, now: Option<u64>) -> Offered {
-        if self.closer.closing().is_some() {
-            return Offered::Dropped;
-        }
-        match self.outbox.push(frame, now) {
-            Push::Queued | Push::Written => Offered::Queued,
-            Push::Full => {
-                if self.closer.close(POLICY_VIOLATION, SLOW_CONSUMER) {
-                    tracing::info!(connection = self.id, "slow consumer: queue full, closing");
-                    Offered::SlowConsumer
-                } else {
-                    Offered::Dropped
-                }
-            }
-            Push::Closed => Offered::Dropped,
-        }
-    }
-}
-
-/// What became of an offered frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offered {
-    /// In the connection's queue, or already written into its socket.
-    Queued,
-    /// The queue was full: this offer closed the connection as a slow consumer.
-    SlowConsumer,
-    /// The connection is closing or gone.
-    Dropped,
-}
+use crate::close::GOING_AWAY;
+use crate::connection::{Connection, Offered};
+use crate::outbox::direct::{self, DirectWrites};
 
 /// A connection as a key of the tag index: identity is the connection id.
 #[derive(Debug, Clone)]
@@ -94,9 +32,11 @@ impl Hash for Key {
 ///
 /// The index sits behind a `std::sync::RwLock`, not a tokio lock: nothing awaits while holding
 /// it; delivering only queues frames or writes them without waiting.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     index: RwLock<TagsTree<Key>>,
+    /// The clock of direct writes, and their switch.
+    direct: DirectWrites,
     next_id: AtomicU64,
     /// Open WebSocket connections plus handshakes that reserved a slot (`--max-connections`).
     slots: AtomicUsize,
@@ -104,15 +44,10 @@ pub struct Registry {
     shutting_down: AtomicBool,
 }
 
-/// Recipients of one delivery whose frame may be written into their socket by the router.
-const DIRECT_WRITES_PER_DELIVERY: usize = 256;
-
-/// The clock of [`Outbox::push`]: microseconds since the first call, plus a second, so that a
-/// connection never offered anything (last offer at 0) counts as quiet from the start.
-fn micros_since_start() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let elapsed = START.get_or_init(std::time::Instant::now).elapsed();
-    1_000_000 + elapsed.as_micros() as u64
+thread_local! {
+    /// The recipients of the delivery under way on this thread, collected under the index lock
+    /// and offered after it: the buffer is kept, so a delivery allocates nothing in steady state.
+    static RECIPIENTS: RefCell<Vec<Arc<Connection>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The outcome of [`Registry::deliver`].
@@ -155,7 +90,24 @@ impl Drop for Slot {
     }
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(true)
+    }
+}
+
 impl Registry {
+    /// An empty registry; `direct_writes: false` queues every frame (`--direct-writes false`).
+    pub fn new(direct_writes: bool) -> Self {
+        Registry {
+            index: RwLock::default(),
+            direct: DirectWrites::new(direct_writes),
+            next_id: AtomicU64::default(),
+            slots: AtomicUsize::default(),
+            shutting_down: AtomicBool::default(),
+        }
+    }
+
     /// Reserves a slot for a new connection unless `max` are taken.
     pub fn reserve(self: &Arc<Self>, max: Option<usize>) -> Option<Slot> {
         let max = max.unwrap_or(usize::MAX);
@@ -200,40 +152,22 @@ impl Registry {
     /// Offers a delivery to every connection whose tags contain `tags`: raw connections get
     /// `raw`, envelope connections the frame `envelope` builds (at most once). Returns how many
     /// queued it and how many this closed as slow consumers.
+    ///
+    /// The recipients are collected under the index's read lock and offered after it is
+    /// released: an offer may write into a socket or wake a task (system calls), and a large
+    /// fan-out must not stall the opens and closes that wait for the write lock.
     pub fn deliver(
         &self,
         tags: &Tags,
         raw: &Utf8Bytes,
         envelope: impl FnOnce() -> Utf8Bytes,
     ) -> Delivery {
-        let mut envelope = Some(envelope);
-        let mut envelope_frame: Option<Utf8Bytes> = None;
-        let mut delivery = Delivery::default();
-        // Direct writes for the first recipients only: a large fan-out is written by the
-        // recipients' own tasks, on every core, and the index is not held through thousands
-        // of system calls.
-        let now = micros_since_start();
-        let mut direct = DIRECT_WRITES_PER_DELIVERY;
-        self.read().for_each_match(tags, |Key(conn)| {
-            let frame = if conn.envelope {
-                envelope_frame
-                    .get_or_insert_with(|| (envelope.take().expect("built once"))())
-                    .clone()
-            } else {
-                raw.clone()
-            };
-            let len = frame.len() as u64;
-            let now = (direct > 0).then_some(now);
-            direct = direct.saturating_sub(1);
-            match conn.offer(frame, now) {
-                Offered::Queued => {
-                    delivery.delivered += 1;
-                    delivery.bytes += len;
-                }
-                Offered::SlowConsumer => delivery.slow_consumers += 1,
-                Offered::Dropped => {}
-            }
-        });
+        let mut recipients = RECIPIENTS.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+        self.read()
+            .for_each_match(tags, |Key(conn)| recipients.push(conn.clone()));
+        let delivery = offer_all(&recipients, raw, envelope, self.direct.now());
+        recipients.clear();
+        RECIPIENTS.with(|cell| *cell.borrow_mut() = recipients);
         delivery
     }
 
@@ -253,4 +187,37 @@ impl Registry {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, TagsTree<Key>> {
         self.index.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Offers one delivery's frame to each recipient; the first [`direct::PER_DELIVERY`] may get it
+/// written into their socket (with `now`, see [`Outbox::push`](crate::outbox::Outbox::push)).
+fn offer_all(
+    recipients: &[Arc<Connection>],
+    raw: &Utf8Bytes,
+    envelope: impl FnOnce() -> Utf8Bytes,
+    now: Option<u64>,
+) -> Delivery {
+    let mut envelope = Some(envelope);
+    let mut envelope_frame: Option<Utf8Bytes> = None;
+    let mut delivery = Delivery::default();
+    for (i, conn) in recipients.iter().enumerate() {
+        let frame = if conn.envelope {
+            envelope_frame
+                .get_or_insert_with(|| (envelope.take().expect("built once"))())
+                .clone()
+        } else {
+            raw.clone()
+        };
+        let len = frame.len() as u64;
+        let now = now.filter(|_| i < direct::PER_DELIVERY);
+        match conn.offer(frame, now) {
+            Offered::Queued => {
+                delivery.delivered += 1;
+                delivery.bytes += len;
+            }
+            Offered::SlowConsumer => delivery.slow_consumers += 1,
+            Offered::Dropped => {}
+        }
+    }
+    delivery
 }

@@ -1,58 +1,27 @@
-//! Request -> parse -> authorize -> recipients -> enqueue, encoding each frame once.
+//! A request's way through the server: parse, authorize, put on the bus, deliver.
+//!
+//! [`Router`] takes a request from a connection or from `POST /publish`; [`Fanout::deliver`]
+//! hands a routed request to this node's matching connections and counts it, for the router and
+//! for the cluster's subscriber alike. Each frame is encoded once per request and shared by
+//! every recipient.
 
 use std::sync::Arc;
-
-use axum::extract::ws::Utf8Bytes;
-use serde_json::Value;
 use std::time::Instant;
-use tagcast::envelope::encode_message_frame;
 
+use serde_json::Value;
+use tagcast::envelope::encode_message_frame;
 use tagcast::request::{parse_request, parse_value};
-use tagcast::{Error, ErrorCode, MessageParser, ParseOptions, RequestId, WebSocketRequest};
+use tagcast::{Error, MessageParser, ParseOptions, RequestId, Tags, WebSocketRequest};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::{AuthManager, Handshake};
-use crate::cluster::RedisBus;
-use crate::metrics::{Metrics, Rejection, Transport};
-use crate::registry::Registry;
+use crate::cluster::Bus;
+use crate::metrics::{Metrics, Transport};
+use crate::refusal::{Reason, Refusal};
+use crate::registry::{Delivery, Registry};
 
-/// A refused request: the code for envelope mode and a text naming the problem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// The envelope error code.
-    pub code: ErrorCode,
-    /// The text for the sender (never holds a secret).
-    pub text: String,
-}
-
-impl Refusal {
-    fn bad_request(e: &Error) -> Self {
-        Refusal {
-            code: ErrorCode::BadRequest,
-            text: e.to_string(),
-        }
-    }
-}
-
-/// Routes requests to the registry's connections.
-pub struct Router {
-    /// Where the recipients are.
-    pub registry: Arc<Registry>,
-    /// What `message` may be.
-    pub parser: Arc<dyn MessageParser>,
-    /// Who may send.
-    pub auth: Arc<dyn AuthManager>,
-    /// `--max-tags`.
-    pub max_tags: usize,
-    /// Counters and the routing latency.
-    pub metrics: Arc<Metrics>,
-    /// The Redis bus of a cluster; `None` for a lone node.
-    pub bus: Option<Arc<RedisBus>>,
-    /// `--rate-limit`: requests per second per connection.
-    pub rate_limit: Option<u32>,
-    /// `--ping-interval`.
-    pub ping_interval: Option<std::time::Duration>,
-    /// `--idle-timeout`.
-    pub idle_timeout: Option<std::time::Duration>,
+fn bad_request(e: &Error) -> Refusal {
+    Refusal::new(Reason::BadRequest, e.to_string())
 }
 
 /// A token bucket: `rate` requests per second with a burst of `rate` (`--rate-limit`).
@@ -60,7 +29,7 @@ pub struct Router {
 pub struct RateLimiter {
     rate: f64,
     tokens: f64,
-    last: std::time::Instant,
+    last: Instant,
 }
 
 impl RateLimiter {
@@ -69,13 +38,13 @@ impl RateLimiter {
         RateLimiter {
             rate: f64::from(rate),
             tokens: f64::from(rate),
-            last: std::time::Instant::now(),
+            last: Instant::now(),
         }
     }
 
     /// Takes one token; `false` when the connection is over its rate.
     pub fn allow(&mut self) -> bool {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + refill).min(self.rate);
         self.last = now;
@@ -88,37 +57,115 @@ impl RateLimiter {
     }
 }
 
+/// Delivers routed requests to this node's connections and counts what it delivered.
+#[derive(Debug)]
+pub struct Fanout {
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Fanout {
+    /// Delivers into `registry`, counting in `metrics`.
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
+        Fanout { registry, metrics }
+    }
+
+    /// The metrics it counts in (the bus reports its state there too).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Delivers one routed request (its tags, and its payload as JSON text) to every matching
+    /// connection of this node: raw connections get the payload, envelope connections a
+    /// `message` frame built once.
+    pub fn deliver(&self, tags: &Tags, tags_json: &str, payload_json: String) -> Delivery {
+        let raw = Utf8Bytes::from(payload_json);
+        let delivery = self.registry.deliver(tags, &raw, || {
+            Utf8Bytes::from(encode_message_frame(&raw, tags_json))
+        });
+        self.metrics.record(&delivery);
+        delivery
+    }
+}
+
+/// Routes requests.
+pub struct Router {
+    /// What `message` may be.
+    pub parser: Arc<dyn MessageParser>,
+    /// Who may send.
+    pub auth: Arc<dyn AuthManager>,
+    /// `--max-tags`.
+    pub max_tags: usize,
+    /// Counters and the routing latency.
+    pub metrics: Arc<Metrics>,
+    /// The bus to the other nodes of a cluster.
+    pub bus: Arc<dyn Bus>,
+    /// This node's connections.
+    pub fanout: Arc<Fanout>,
+}
+
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
             .field("max_tags", &self.max_tags)
+            .field("bus", &self.bus)
             .finish_non_exhaustive()
     }
 }
 
+/// The answer to one request: its id (when it has one) and how many connections of this node
+/// it was delivered to, or why it was refused.
+pub type Routed = (Option<RequestId>, Result<u64, Refusal>);
+
 impl Router {
-    /// Handles one request frame from a connection: returns its id (when it has one) and the
-    /// delivered count or the refusal. Routing is complete when this returns, so the next frame
-    /// of the same sender is routed after this one everywhere.
+    /// Handles one request frame from a connection, over `limiter`'s rate if it has one.
+    /// Routing is complete when this returns, so the next frame of the same sender is routed
+    /// after this one everywhere. The id is returned in envelope mode only.
     pub async fn route_text(
         &self,
         text: &str,
         envelope: bool,
         handshake: &Handshake,
-    ) -> (Option<RequestId>, Result<u64, Refusal>) {
+        limiter: Option<&mut RateLimiter>,
+    ) -> Routed {
         let started = Instant::now();
         self.metrics.received(Transport::WebSocket);
+        if let Err(refusal) = self.check_rate(limiter) {
+            // The request is dropped unread; its id (if any) still goes back with the error.
+            let id = envelope.then(|| parse_request(text, &self.options(true)).0);
+            return (id.flatten(), Err(refusal));
+        }
         let (id, parsed) = parse_request(text, &self.options(envelope));
         let result = self.finish(parsed, handshake, started).await;
         (if envelope { id } else { None }, result)
     }
 
+    /// The refusal of a binary frame (PROTOCOL.md §3), or of the rate limit if it is over it.
+    pub fn refuse_binary(&self, limiter: Option<&mut RateLimiter>) -> Refusal {
+        self.metrics.received(Transport::WebSocket);
+        match self.check_rate(limiter) {
+            Err(refusal) => refusal,
+            Ok(()) => {
+                self.metrics.rejected(Reason::BadRequest);
+                Refusal::new(
+                    Reason::BadRequest,
+                    "binary frames are not accepted: send a JSON text frame",
+                )
+            }
+        }
+    }
+
+    /// The one place where a connection's rate limit refuses a request (counted).
+    fn check_rate(&self, limiter: Option<&mut RateLimiter>) -> Result<(), Refusal> {
+        if limiter.is_some_and(|limiter| !limiter.allow()) {
+            self.metrics.rejected(Reason::RateLimited);
+            return Err(Refusal::new(Reason::RateLimited, "rate limited"));
+        }
+        Ok(())
+    }
+
     /// Handles one request of `POST /publish` (already parsed as JSON; `id` allowed).
-    pub async fn route_value(
-        &self,
-        value: Value,
-        handshake: &Handshake,
-    ) -> (Option<RequestId>, Result<u64, Refusal>) {
+    pub async fn route_value(&self, value: Value, handshake: &Handshake) -> Routed {
         let started = Instant::now();
         self.metrics.received(Transport::Http);
         let (id, parsed) = parse_value(value, &self.options(true));
@@ -140,55 +187,39 @@ impl Router {
     ) -> Result<u64, Refusal> {
         let result = match parsed {
             Ok(request) => self.route(request, handshake).await,
-            Err(e) => Err(Refusal::bad_request(&e)),
+            Err(e) => Err(bad_request(&e)),
         };
         match &result {
             Ok(_) => self
                 .metrics
                 .routing_latency
                 .observe(started.elapsed().as_secs_f64()),
-            Err(refusal) => self.metrics.rejected(Rejection::from(refusal.code)),
+            Err(refusal) => self.metrics.rejected(refusal.reason),
         }
         result
     }
 
-    /// Authorizes, parses the message, publishes it to the other nodes of a cluster and
-    /// delivers it to this node's connections.
+    /// Authorizes, parses the message, puts it on the bus and delivers it to this node's
+    /// connections.
     pub async fn route(
         &self,
         request: WebSocketRequest,
         handshake: &Handshake,
     ) -> Result<u64, Refusal> {
         if let Err(denied) = self.auth.authorize_send(handshake, &request) {
-            return Err(Refusal {
-                code: ErrorCode::Unauthorized,
-                text: denied.0,
-            });
+            return Err(Refusal::new(Reason::Unauthorized, denied.0));
         }
         let (message, tags, _metadata) = request.into_parts();
-        let message = self
-            .parser
-            .parse(message)
-            .map_err(|e| Refusal::bad_request(&e))?;
-        let raw = Utf8Bytes::from(encode(&message));
+        let message = self.parser.parse(message).map_err(|e| bad_request(&e))?;
+        let payload = encode(&message);
         let tags_json = tags.to_json();
-        if let Some(bus) = &self.bus {
-            // Published before the local delivery: a request the cluster cannot carry is
-            // refused whole, never half delivered.
-            // Boxed: the Redis future is large, and every connection's reader future would
-            // otherwise reserve room for it even while idle.
-            if let Err(e) = Box::pin(bus.publish(&tags_json, &raw)).await {
-                tracing::debug!(reason = %e.0, "refusing a request: {e}");
-                return Err(Refusal {
-                    code: ErrorCode::Unavailable,
-                    text: e.to_string(),
-                });
-            }
+        // On the bus before the local delivery: a request the cluster cannot carry is refused
+        // whole, never half delivered.
+        if let Err(e) = self.bus.publish(&tags_json, &payload).await {
+            tracing::debug!(reason = %e.0, "refusing a request: {e}");
+            return Err(Refusal::new(Reason::Unavailable, e.to_string()));
         }
-        let delivery = self.registry.deliver(&tags, &raw, || {
-            Utf8Bytes::from(encode_message_frame(&raw, &tags_json))
-        });
-        self.metrics.record(&delivery);
+        let delivery = self.fanout.deliver(&tags, &tags_json, payload);
         tracing::debug!(delivered = delivery.delivered, tags = %tags_json, "routed");
         Ok(delivery.delivered)
     }

@@ -14,15 +14,24 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ConfigError;
 use crate::deadline::HeadDeadline;
+
+/// A TLS file that cannot serve: missing, unreadable, not PEM, or not matching its pair.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct TlsError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// What is wrong.
+    pub reason: String,
+}
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Loads a PEM certificate chain and private key; errors name the file and the problem.
-pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ConfigError> {
-    let error = |path: &Path, reason: String| ConfigError::Tls {
+pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let error = |path: &Path, reason: String| TlsError {
         path: path.to_owned(),
         reason,
     };

@@ -44,7 +44,8 @@ impl Testbed {
         if running.is_some() {
             return Ok(());
         }
-        let auth = ApplicationsAuthManager::from_yaml(AUTH_YAML, true)?;
+        let auth =
+            ApplicationsAuthManager::from_yaml(AUTH_YAML, true).map_err(|e| e.to_string())?;
         let server = Server::builder()
             .auth_manager(auth)
             .build()

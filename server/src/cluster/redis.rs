@@ -1,11 +1,10 @@
-//! The bus between nodes (PROTOCOL.md §10): in-process (a lone node, the default) or Redis
-//! pub/sub (`--redis URL`).
+//! Redis pub/sub between the nodes of a cluster (`--redis URL`, PROTOCOL.md §10).
 //!
 //! A node routes each accepted request to its own connections at once and publishes it once on
-//! the bus; every other node delivers what it receives to its own matching connections. A node
-//! skips its own messages when they come back from Redis, so every recipient gets a message
-//! exactly once, `delivered` counts this node's recipients as soon as they are queued, and a
-//! sender's requests keep their order (each publish completes before the next is routed).
+//! the channel; every other node delivers what it receives to its own matching connections. A
+//! node skips its own messages when they come back from Redis, so every recipient gets a
+//! message exactly once, `delivered` counts this node's recipients as soon as they are queued,
+//! and a sender's requests keep their order (each publish completes before the next is routed).
 //!
 //! On the bus a message is `version (1) | node id (8, big-endian) | tags length (4, big-endian)
 //! | tags JSON | payload JSON`: the validated payload and tags, never the metadata.
@@ -14,16 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
-use tagcast::envelope::encode_message_frame;
 use tagcast::Tags;
 
-use crate::config::ConfigError;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
+use super::{BoxFuture, Bus, BusError, Unavailable};
+use crate::router::Fanout;
 
 /// The encoding version written by this node.
 const VERSION: u8 = 1;
@@ -33,11 +29,6 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// PROTOCOL.md §10 allows for serving again).
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
-
-/// Why a request could not be put on the bus.
-#[derive(Debug, thiserror::Error)]
-#[error("cluster unavailable")]
-pub struct Unavailable(pub String);
 
 /// Encodes one message for the bus.
 pub fn encode(node: u64, tags_json: &str, payload_json: &str) -> Vec<u8> {
@@ -115,15 +106,14 @@ struct Link {
 
 impl RedisBus {
     /// Checks the URL (no connection yet).
-    pub fn new(url: &str, channel: &str) -> Result<Self, ConfigError> {
+    pub fn new(url: &str, channel: &str) -> Result<Self, BusError> {
         let shown_url = hide_password(url);
-        let client = redis::Client::open(url).map_err(|e| {
-            ConfigError::Invalid(format!("--redis {shown_url}: not a Redis URL: {e}"))
+        let client = redis::Client::open(url).map_err(|e| BusError::BadUrl {
+            url: shown_url.clone(),
+            reason: e.to_string(),
         })?;
         if channel.is_empty() {
-            return Err(ConfigError::Invalid(
-                "--redis-channel must not be empty".into(),
-            ));
+            return Err(BusError::EmptyChannel);
         }
         let node = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -138,11 +128,6 @@ impl RedisBus {
             up: AtomicBool::new(false),
             publisher: Mutex::new(None),
         })
-    }
-
-    /// Whether requests can go on the bus now.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
     }
 
     async fn link(&self) -> redis::RedisResult<Link> {
@@ -165,48 +150,37 @@ impl RedisBus {
         })
     }
 
-    /// Connects for the first time (an unreachable Redis is a configuration error at start),
-    /// then keeps the link up in the background: delivers what other nodes publish, and
-    /// reconnects with backoff when Redis goes away.
-    pub async fn start(
-        self: &Arc<Self>,
-        registry: Arc<Registry>,
-        metrics: Arc<Metrics>,
-    ) -> Result<(), ConfigError> {
-        let link = self.link().await.map_err(|e| {
-            ConfigError::Invalid(format!(
-                "--redis {}: cannot reach Redis: {e}",
-                self.shown_url
-            ))
-        })?;
-        let bus = self.clone();
-        tokio::spawn(async move { bus.supervise(link, registry, metrics).await });
-        Ok(())
+    /// Takes a fresh link's publishing connection: from here requests go on the bus.
+    fn set_up(&self, publisher: MultiplexedConnection, fanout: &Fanout) {
+        *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(publisher);
+        self.up.store(true, Ordering::Release);
+        fanout.metrics().bus_up.set(1);
+        tracing::info!(url = %self.shown_url, channel = %self.channel, "cluster bus up");
     }
 
+    fn set_down(&self, fanout: &Fanout) {
+        self.up.store(false, Ordering::Release);
+        fanout.metrics().bus_up.set(0);
+        self.publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        tracing::warn!(url = %self.shown_url, "cluster bus down: refusing requests until Redis is back");
+    }
+
+    /// Delivers what other nodes publish, and reconnects with backoff when Redis goes away.
     async fn supervise(
         self: Arc<Self>,
-        mut link: Link,
-        registry: Arc<Registry>,
-        metrics: Arc<Metrics>,
+        mut messages: redis::aio::PubSubStream,
+        fanout: Arc<Fanout>,
     ) {
         loop {
-            *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(link.publisher);
-            self.up.store(true, Ordering::Release);
-            metrics.bus_up.set(1);
-            tracing::info!(url = %self.shown_url, channel = %self.channel, "cluster bus up");
-            while let Some(message) = link.messages.next().await {
-                self.deliver(message.get_payload_bytes(), &registry, &metrics);
+            while let Some(message) = messages.next().await {
+                self.deliver(message.get_payload_bytes(), &fanout);
             }
-            self.up.store(false, Ordering::Release);
-            metrics.bus_up.set(0);
-            self.publisher
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            tracing::warn!(url = %self.shown_url, "cluster bus down: refusing requests until Redis is back");
+            self.set_down(&fanout);
             let mut delay = BACKOFF_FIRST;
-            link = loop {
+            let link = loop {
                 tokio::time::sleep(delay).await;
                 match self.link().await {
                     Ok(l) => break l,
@@ -216,11 +190,13 @@ impl RedisBus {
                     }
                 }
             };
-            metrics.bus_reconnects.inc();
+            fanout.metrics().bus_reconnects.inc();
+            self.set_up(link.publisher, &fanout);
+            messages = link.messages;
         }
     }
 
-    fn deliver(&self, bytes: &[u8], registry: &Registry, metrics: &Metrics) {
+    fn deliver(&self, bytes: &[u8], fanout: &Fanout) {
         let Some(message) = decode(bytes) else {
             tracing::warn!("ignoring a bus message this node cannot read (another version?)");
             return;
@@ -228,16 +204,10 @@ impl RedisBus {
         if message.node == self.node {
             return; // delivered locally when it was accepted
         }
-        let raw = Utf8Bytes::from(message.payload);
-        let tags = message.tags;
-        let delivery = registry.deliver(&tags, &raw, || {
-            Utf8Bytes::from(encode_message_frame(&raw, &tags.to_json()))
-        });
-        metrics.record(&delivery);
+        fanout.deliver(&message.tags, &message.tags.to_json(), message.payload);
     }
 
-    /// Publishes one accepted request to the other nodes.
-    pub async fn publish(&self, tags_json: &str, payload_json: &str) -> Result<(), Unavailable> {
+    async fn publish_now(&self, tags_json: &str, payload_json: &str) -> Result<(), Unavailable> {
         if !self.is_up() {
             return Err(Unavailable("the Redis bus is down".into()));
         }
@@ -259,6 +229,36 @@ impl RedisBus {
             tracing::debug!("PUBLISH failed: {e}");
             Unavailable("publishing to Redis failed".into())
         })
+    }
+}
+
+impl Bus for RedisBus {
+    /// Connects for the first time (an unreachable Redis is a configuration error at start) and
+    /// is up when it returns; then keeps the link up in the background.
+    fn start(self: Arc<Self>, fanout: Arc<Fanout>) -> BoxFuture<'static, Result<(), BusError>> {
+        Box::pin(async move {
+            let link = self.link().await.map_err(|e| BusError::Unreachable {
+                url: self.shown_url.clone(),
+                reason: e.to_string(),
+            })?;
+            // Up before this returns, so before the node says `listening on`: a request in
+            // the first moments is never refused as `cluster unavailable`.
+            self.set_up(link.publisher, &fanout);
+            tokio::spawn(self.supervise(link.messages, fanout));
+            Ok(())
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        tags_json: &'a str,
+        payload_json: &'a str,
+    ) -> BoxFuture<'a, Result<(), Unavailable>> {
+        Box::pin(self.publish_now(tags_json, payload_json))
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
     }
 }
 

@@ -1,16 +1,22 @@
-//! A plain TCP socket that the connection's own task and the router can both write to.
+//! Direct writes: the router writes a frame straight into a recipient's plain TCP socket.
 //!
 //! With one request in flight nothing batches, and waking a recipient's task to write one
-//! frame costs as much as the write itself. So when a recipient's queue is empty and its
-//! writer idle, the router writes the frame straight into the socket ([`SharedTcp::try_frame`]).
+//! frame costs as much as the write itself. So a frame for a recipient that is *quiet* (offered
+//! nothing for [`QUIET_MICROS`]), with nothing queued or being written, goes straight into its
+//! socket ([`SharedTcp::try_frame`]); a busy recipient keeps batching through its queue. A
+//! delivery writes directly to at most [`PER_DELIVERY`] recipients, so a large fan-out is
+//! written by the recipients' own tasks, on every core. [`DirectWrites`] is the clock that every
+//! offer of a server shares, and the switch that turns the path off (`--direct-writes false`).
 //!
 //! Frames must never interleave. Every write, the task's (through tungstenite and hyper) and
 //! the router's, goes through one lock, and a write is accepted whole: what the kernel does not
 //! take stays in `pending` and goes out before anything else. A writer finding `pending` not
-//! empty waits for the socket like any blocked write.
+//! empty waits for the socket like any blocked write. The ordering rule and the lock order of
+//! both paths are in [the parent module](super).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
@@ -18,6 +24,48 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+/// How long a connection must have been offered nothing for a frame to be written into its
+/// socket directly, in microseconds. A connection receiving faster than that gets its frames
+/// queued, so that its writer sends them several per write. (At 2 ms a burst's gaps let direct
+/// writes through, and each one slowed the publisher, widening the gaps.)
+pub const QUIET_MICROS: u64 = 20_000;
+
+/// Recipients of one delivery that may be written to directly: the index is not held through
+/// them (deliveries write after releasing it), but the delivering task is, and a large fan-out
+/// is faster written by the recipients' own tasks on every core.
+pub const PER_DELIVERY: usize = 256;
+
+/// Records an offer at `now` in `last_offer` and tells whether the connection was quiet before
+/// it.
+pub fn quiet(last_offer: &AtomicU64, now: u64) -> bool {
+    now.saturating_sub(last_offer.swap(now, Ordering::Relaxed)) >= QUIET_MICROS
+}
+
+/// The clock of direct writes, and their switch.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectWrites {
+    start: std::time::Instant,
+    enabled: bool,
+}
+
+impl DirectWrites {
+    /// A clock starting now; `enabled: false` turns direct writes off for every delivery.
+    pub fn new(enabled: bool) -> Self {
+        DirectWrites {
+            start: std::time::Instant::now(),
+            enabled,
+        }
+    }
+
+    /// The time to offer frames with: microseconds since the start plus a second, so that a
+    /// connection never offered anything (last offer at 0) counts as quiet from the start.
+    /// `None` when direct writes are off.
+    pub fn now(&self) -> Option<u64> {
+        self.enabled
+            .then(|| 1_000_000 + self.start.elapsed().as_micros() as u64)
+    }
+}
 
 /// What became of a frame offered to [`SharedTcp::try_frame`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

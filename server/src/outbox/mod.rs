@@ -1,22 +1,46 @@
-//! A connection's bounded outgoing queue: it allocates nothing while the connection is idle,
-//! and its writer takes everything queued in one short lock.
+//! A connection's outgoing path: its bounded queue ([`Outbox`]) and, for plain TCP, direct
+//! writes into its socket ([`direct`]).
+//!
+//! # The ordering rule
+//!
+//! Every frame for a connection goes out in the order it was offered, whichever path it takes:
+//! - a frame is written directly only when nothing is queued for the connection and nothing
+//!   taken by its writer is still unwritten, so it cannot overtake a queued frame;
+//! - a direct write is accepted whole by [`SharedTcp`](direct::SharedTcp): what the kernel does
+//!   not take waits inside the socket and goes out before any later write, the writer's
+//!   included, so two frames never interleave;
+//! - before its close frame, the connection stops direct writes ([`Outbox::stop_direct`]), so
+//!   the close frame is the last thing written.
+//!
+//! # The lock order
+//!
+//! The registry's index lock is never held while an outbox is offered a frame: a delivery
+//! collects its recipients under the index lock, releases it, then offers (see
+//! [`Registry::deliver`](crate::registry::Registry::deliver)). Inside an outbox, its state lock is
+//! taken first and the socket's `pending` lock second (by a direct write); the writer's
+//! writes take only the socket's. Neither is held across an await.
+//!
+//! # The queue
 //!
 //! tokio's bounded channel allocates a block of 32 slots per connection up front (about
 //! 1.5 KiB): most of an idle connection's memory. This queue is a `VecDeque` behind a
-//! `std::sync::Mutex` (never held across an await or I/O) and an `AtomicWaker`.
+//! `std::sync::Mutex` and an `AtomicWaker`, and allocates nothing while the connection is idle;
+//! its writer takes everything queued in one short lock.
 //!
 //! The bound counts what the writer has taken but not yet written, too: a peer that stops
 //! reading holds at most `capacity` frames in the server, not a full queue plus a full batch.
+
+pub mod direct;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
-use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::socket::{Sent, SharedTcp};
+use self::direct::{Sent, SharedTcp};
 
 /// What became of a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +61,6 @@ struct State {
     /// The plain TCP socket, while frames may be written to it directly.
     direct: Option<SharedTcp>,
 }
-
-/// How long a connection must have received nothing for a frame to be written into its socket
-/// directly, in microseconds. A connection receiving faster than that gets its frames queued,
-/// so that its writer sends them several per write.
-pub const QUIET_MICROS: u64 = 20_000;
 
 /// A bounded multi-producer, single-consumer queue of text frames.
 #[derive(Debug)]
@@ -81,15 +100,13 @@ impl Outbox {
     }
 
     /// Queues a frame without waiting. With `now` (microseconds on any clock that all pushes
-    /// share), a frame for a connection quiet for [`QUIET_MICROS`], with nothing queued or being
+    /// share), a frame for a connection quiet for [`direct::QUIET_MICROS`], with nothing queued or being
     /// written, is written into its socket instead (the order of frames is kept either way).
     pub fn push(&self, frame: Utf8Bytes, now: Option<u64>) -> Push {
         if self.closed.load(Ordering::Acquire) {
             return Push::Closed;
         }
-        let quiet = now.is_some_and(|now| {
-            now.saturating_sub(self.last_offer.swap(now, Ordering::Relaxed)) >= QUIET_MICROS
-        });
+        let quiet = now.is_some_and(|now| direct::quiet(&self.last_offer, now));
         {
             let mut state = self.lock();
             let queued = state.frames.len() + self.in_writer.load(Ordering::Acquire);

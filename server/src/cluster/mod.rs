@@ -1,0 +1,68 @@
+//! The bus between the nodes of a cluster (PROTOCOL.md §10): [`Bus`] is what the router and the
+//! server see of it; [`local::LocalBus`] is a lone node's (the default), [`redis::RedisBus`]
+//! shares requests through Redis pub/sub (`--redis URL`).
+//!
+//! The router puts each accepted request on the bus before delivering it to its own node's
+//! connections, so a request the cluster cannot carry is refused whole, never half delivered;
+//! what other nodes put on the bus reaches this node's connections through the same
+//! [`Fanout::deliver`](crate::router::Fanout::deliver).
+
+pub mod local;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::router::Fanout;
+
+/// A boxed future, as the [`Bus`] trait object returns them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a request could not be put on the bus: it is refused as `unavailable`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cluster unavailable")]
+pub struct Unavailable(pub String);
+
+/// Why a bus cannot start: a configuration error (exit 2 from `tagcast serve`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// `--redis` is not a Redis URL (shown without its password).
+    #[error("--redis {url}: not a Redis URL: {reason}")]
+    BadUrl {
+        /// The URL, password hidden.
+        url: String,
+        /// What the Redis client said.
+        reason: String,
+    },
+    /// `--redis-channel` is empty.
+    #[error("--redis-channel must not be empty")]
+    EmptyChannel,
+    /// Redis did not answer at start.
+    #[error("--redis {url}: cannot reach Redis: {reason}")]
+    Unreachable {
+        /// The URL, password hidden.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What the router and the server need of the bus between nodes.
+pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
+    /// Connects, and from then on delivers what other nodes publish through `fanout`. When it
+    /// returns `Ok`, the bus is up: the node may say `listening on`.
+    fn start(self: Arc<Self>, fanout: Arc<Fanout>) -> BoxFuture<'static, Result<(), BusError>>;
+
+    /// Puts one accepted request (its tags and payload as JSON) on the bus for the other nodes;
+    /// completes once the bus has taken it, so a sender's requests keep their order.
+    fn publish<'a>(
+        &'a self,
+        tags_json: &'a str,
+        payload_json: &'a str,
+    ) -> BoxFuture<'a, Result<(), Unavailable>>;
+
+    /// Whether requests can go on the bus now (`/healthz`, `tagcast_bus_up`).
+    fn is_up(&self) -> bool;
+}
