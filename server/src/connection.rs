@@ -361,3 +361,137 @@ fn classify<E: std::error::Error + Send + Sync + 'static>(e: &E) -> (u16, &'stat
     }
     (0, "connection lost")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AllowAll;
+    use crate::cluster::local::LocalBus;
+    use crate::registry::Registry;
+    use crate::testing::{connection, router, socket_pair};
+    use tagcast::{ErrorCode, RequestId, Tags};
+
+    fn frames(written: &[Message]) -> Vec<String> {
+        written
+            .iter()
+            .map(|m| match m {
+                Message::Text(t) => t.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn queued_frames_and_replies_keep_their_order() {
+        let registry = Arc::new(Registry::default());
+        let router = Arc::new(router(&registry, Arc::new(AllowAll), Arc::new(LocalBus)));
+        let registered = connection(&registry, Tags::new().with("room", 1), true, 16);
+        let conn = registered.conn.clone();
+        let (socket, peer) = socket_pair(usize::MAX);
+        let task = tokio::spawn(run(socket, registered, router.clone(), Settings::default()));
+        for i in 0..3 {
+            conn.offer(Utf8Bytes::from(format!("\"queued {i}\"")), None);
+        }
+        peer.send_text(r#"{"id":7,"message":"hi","tags":{"room":1}}"#);
+        let written = frames(&peer.wait_written(5).await);
+        assert_eq!(
+            written[..3],
+            ["\"queued 0\"", "\"queued 1\"", "\"queued 2\""]
+        );
+        // The request reaches its own sender (its tags match) before its ack.
+        assert_eq!(
+            ServerFrame::parse(&written[3]).unwrap(),
+            ServerFrame::Message {
+                message: "hi".into(),
+                tags: Tags::new().with("room", 1)
+            }
+        );
+        assert_eq!(
+            ServerFrame::parse(&written[4]).unwrap(),
+            ServerFrame::Ack {
+                id: RequestId::Integer(7),
+                delivered: 1
+            }
+        );
+        conn.closer.close(close::GOING_AWAY, "bye");
+        peer.end();
+        task.await.unwrap();
+        let last = peer.written().pop().unwrap();
+        assert!(
+            matches!(&last, Message::Close(Some(f)) if u16::from(f.code) == 1001 && f.reason == "bye"),
+            "{last:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_is_closed_with_1008_and_its_queue_dropped() {
+        let registry = Arc::new(Registry::default());
+        let router = Arc::new(router(&registry, Arc::new(AllowAll), Arc::new(LocalBus)));
+        let registered = connection(&registry, Tags::new(), false, 2);
+        let conn = registered.conn.clone();
+        // The peer reads nothing.
+        let (socket, peer) = socket_pair(0);
+        let task = tokio::spawn(run(socket, registered, router, Settings::default()));
+        let mut offered = Vec::new();
+        for i in 0..4 {
+            offered.push(conn.offer(Utf8Bytes::from(format!("{i}")), None));
+            tokio::task::yield_now().await;
+        }
+        assert!(offered.contains(&Offered::SlowConsumer), "{offered:?}");
+        let closing = conn.closer.closing().unwrap();
+        assert_eq!(closing.frame, Some((1008, SLOW_CONSUMER.to_owned())));
+        // Once the peer reads again, the close frame is all it gets: the backlog is dropped.
+        peer.read_more(100);
+        peer.end();
+        task.await.unwrap();
+        let written = peer.written();
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert!(
+            matches!(&written[0], Message::Close(Some(f)) if u16::from(f.code) == 1008 && f.reason == SLOW_CONSUMER),
+            "{written:?}"
+        );
+        assert!(registry.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_refusal_carries_the_request_id() {
+        let registry = Arc::new(Registry::default());
+        let router = Arc::new(router(&registry, Arc::new(AllowAll), Arc::new(LocalBus)));
+        let registered = connection(&registry, Tags::new().with("nobody", 1), true, 64);
+        let (socket, peer) = socket_pair(usize::MAX);
+        let settings = Settings {
+            rate_limit: Some(1),
+            ..Settings::default()
+        };
+        let task = tokio::spawn(run(socket, registered, router, settings));
+        for id in 1..=5 {
+            peer.send_text(&format!(r#"{{"id":{id},"message":"m","tags":{{"x":1}}}}"#));
+        }
+        let written = frames(&peer.wait_written(5).await);
+        let mut ids = Vec::new();
+        let mut refused = 0;
+        for frame in &written {
+            match ServerFrame::parse(frame).unwrap() {
+                ServerFrame::Ack { id, delivered: 0 } => ids.push(id),
+                ServerFrame::Error {
+                    id: Some(id),
+                    code: ErrorCode::RateLimited,
+                    ..
+                } => {
+                    refused += 1;
+                    ids.push(id);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The burst of 1 lets the first through; the others are refused, each with its own id.
+        assert_eq!(ids, (1..=5).map(RequestId::Integer).collect::<Vec<_>>());
+        assert!(matches!(
+            ServerFrame::parse(&written[0]).unwrap(),
+            ServerFrame::Ack { .. }
+        ));
+        assert!(refused >= 1, "{written:?}");
+        peer.end();
+        task.await.unwrap();
+    }
+}

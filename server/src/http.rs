@@ -247,7 +247,7 @@ async fn websocket_or_426(
     let (mut parts, body) = request.into_parts();
     let upgrade = match upgrade_request(&mut parts) {
         Ok(upgrade) => upgrade,
-        Err(Some(rejection)) => return rejection,
+        Err(Some((status, why))) => return text(status, why),
         Err(None) => return plain_request(&state, parts, body).await,
     };
     let handshake = Handshake {
@@ -306,9 +306,9 @@ struct Upgrade {
     on_upgrade: hyper::upgrade::OnUpgrade,
 }
 
-/// The upgrade a request asks for; `Err(None)` for a plain request, `Err(Some(response))`
-/// for a broken upgrade request.
-fn upgrade_request(parts: &mut Parts) -> Result<Upgrade, Option<Response>> {
+/// The upgrade a request asks for; `Err(None)` for a plain request, `Err(Some(answer))` for a
+/// broken upgrade request.
+fn upgrade_request(parts: &mut Parts) -> Result<Upgrade, Option<(StatusCode, &'static str)>> {
     let has = |name: header::HeaderName, token: &str| {
         parts.headers.get_all(name).iter().any(|v| {
             v.to_str()
@@ -318,7 +318,7 @@ fn upgrade_request(parts: &mut Parts) -> Result<Upgrade, Option<Response>> {
     if !has(header::UPGRADE, "websocket") {
         return Err(None);
     }
-    let refuse = |status: StatusCode, why: &str| Err(Some(text(status, why)));
+    let refuse = |status: StatusCode, why: &'static str| Err(Some((status, why)));
     if parts.method != Method::GET {
         return refuse(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -27,6 +27,8 @@ pub mod outbox;
 pub mod refusal;
 pub mod registry;
 pub mod router;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 
 use std::future::Future;

@@ -233,3 +233,113 @@ fn encode(message: &Value) -> String {
     text.shrink_to_fit();
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AllowAll, Denied};
+    use crate::testing::{connection, router, FakeBus};
+    use std::collections::VecDeque;
+
+    /// Authorizes a send only when its metadata says `"ok": true`.
+    struct OkInMetadata;
+
+    impl AuthManager for OkInMetadata {
+        fn authorize_open(&self, _: &Handshake) -> Result<(), Denied> {
+            Ok(())
+        }
+        fn authorize_send(&self, _: &Handshake, request: &WebSocketRequest) -> Result<(), Denied> {
+            match request.metadata().get("ok") {
+                Some(Value::Bool(true)) => Ok(()),
+                _ => Err(Denied("no ok in metadata".into())),
+            }
+        }
+    }
+
+    fn handshake() -> Handshake {
+        Handshake {
+            peer: ([127, 0, 0, 1], 9).into(),
+            query: Vec::new(),
+            headers: Default::default(),
+        }
+    }
+
+    fn taken(registered: &crate::registry::Registered) -> Vec<String> {
+        let mut frames = VecDeque::new();
+        registered.conn.outbox.take(&mut frames);
+        frames.iter().map(|f| f.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_routed_request_goes_on_the_bus_then_to_matching_connections() {
+        let registry = Arc::new(Registry::default());
+        let bus = Arc::new(FakeBus::default());
+        let router = router(&registry, Arc::new(OkInMetadata), bus.clone());
+        let fr = connection(&registry, Tags::new().with("language", "FR"), false, 8);
+        let en = connection(&registry, Tags::new().with("language", "EN"), true, 8);
+        let request = WebSocketRequest::new("Bonjour")
+            .with_tags(Tags::new().with("language", "FR"))
+            .with_meta("ok", true);
+        assert_eq!(router.route(request, &handshake()).await, Ok(1));
+        assert_eq!(
+            *bus.published.lock().unwrap(),
+            [(r#"{"language":"FR"}"#.to_owned(), r#""Bonjour""#.to_owned())]
+        );
+        assert_eq!(taken(&fr), [r#""Bonjour""#]);
+        assert!(taken(&en).is_empty());
+    }
+
+    #[tokio::test]
+    async fn refused_requests_reach_neither_the_bus_nor_anyone() {
+        let registry = Arc::new(Registry::default());
+        let bus = Arc::new(FakeBus::default());
+        let router = router(&registry, Arc::new(OkInMetadata), bus.clone());
+        let everyone = connection(&registry, Tags::new(), false, 8);
+
+        let unauthorized = router
+            .route(WebSocketRequest::new("hi"), &handshake())
+            .await
+            .unwrap_err();
+        assert_eq!(unauthorized.reason, Reason::Unauthorized);
+        assert_eq!(unauthorized.text, "no ok in metadata");
+
+        let not_a_string = router
+            .route(WebSocketRequest::new(5).with_meta("ok", true), &handshake())
+            .await
+            .unwrap_err();
+        assert_eq!(not_a_string.reason, Reason::BadRequest);
+
+        bus.down.store(true, std::sync::atomic::Ordering::Release);
+        let unavailable = router
+            .route(
+                WebSocketRequest::new("hi").with_meta("ok", true),
+                &handshake(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(unavailable.reason, Reason::Unavailable);
+
+        assert!(bus.published.lock().unwrap().is_empty());
+        assert!(taken(&everyone).is_empty());
+    }
+
+    #[tokio::test]
+    async fn raw_frames_keep_no_id_and_envelope_frames_do() {
+        let registry = Arc::new(Registry::default());
+        let router = router(&registry, Arc::new(AllowAll), Arc::new(FakeBus::default()));
+        let text = r#"{"id":"a","message":"hi"}"#;
+        let (id, result) = router.route_text(text, true, &handshake(), None).await;
+        assert_eq!((id, result), (Some(RequestId::String("a".into())), Ok(0)));
+        // Raw mode knows no `id`: the request is invalid, and no id comes back.
+        let (id, result) = router.route_text(text, false, &handshake(), None).await;
+        assert_eq!(id, None);
+        assert_eq!(result.unwrap_err().reason, Reason::BadRequest);
+        let mut limiter = RateLimiter::new(1);
+        assert!(router.check_rate(Some(&mut limiter)).is_ok());
+        assert_eq!(
+            router.refuse_binary(Some(&mut limiter)).reason,
+            Reason::RateLimited
+        );
+        assert_eq!(router.refuse_binary(None).reason, Reason::BadRequest);
+    }
+}
