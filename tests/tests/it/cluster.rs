@@ -62,7 +62,10 @@ async fn a_message_reaches_matching_clients_on_every_node_exactly_once() {
         r#"{"message":"Hello","tags":{"language":"EN"}}"#,
     )
     .await;
-    assert_eq!(answer.body.trim(), r#"{"delivered":0}"#);
+    assert_eq!(
+        (answer.status, answer.body.trim()),
+        (200, r#"{"delivered":0}"#)
+    );
     assert_eq!(recv_text(&mut c_en).await, r#""Hello""#);
     assert_eq!(
         recv_json(&mut c_env).await,
@@ -151,11 +154,8 @@ async fn requests_are_refused_while_redis_is_down_and_served_again_after() {
     assert_eq!(recv_text(&mut listener).await, r#""back""#);
 
     let metrics = http_get(a.addr, "/metrics", "").await.body;
-    assert!(metrics.contains("tagcast_bus_up 1"), "{metrics}");
-    assert!(
-        metrics.contains("tagcast_bus_reconnects_total 1"),
-        "{metrics}"
-    );
+    assert_eq!(sample(&metrics, "tagcast_bus_up"), 1.0);
+    assert_eq!(sample(&metrics, "tagcast_bus_reconnects_total"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,12 +170,17 @@ async fn clusters_on_one_redis_are_isolated_by_channel() {
     let mut on_two = raw(&two.url_with_tags(r#"{"g":1}"#)).await;
     one_b.wait_connections(1).await;
     two.wait_connections(1).await;
-    http_post(
+    // The nodes are up as soon as they started: the first request is never refused.
+    let answer = http_post(
         one_a.addr,
         "/publish",
         r#"{"message":"for one","tags":{"g":1}}"#,
     )
     .await;
+    assert_eq!(
+        (answer.status, answer.body.trim()),
+        (200, r#"{"delivered":0}"#)
+    );
     assert_eq!(recv_text(&mut on_one).await, r#""for one""#);
     assert_silent(&mut on_two).await;
 }
@@ -208,4 +213,21 @@ async fn an_unreachable_redis_is_a_configuration_error_at_start() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("--redis"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_requests_as_soon_as_it_has_started() {
+    let redis = RedisServer::start();
+    for round in 0..5 {
+        let node = node(&redis, &format!("start{round}")).await;
+        // No wait of any kind: the first request right after the start is carried.
+        let answer = http_post(node.addr, "/publish", r#"{"message":"first"}"#).await;
+        assert_eq!(
+            (answer.status, answer.body.trim()),
+            (200, r#"{"delivered":0}"#),
+            "round {round}"
+        );
+        assert_eq!(http_get(node.addr, "/healthz", "").await.status, 200);
+        node.stop().await;
+    }
 }
