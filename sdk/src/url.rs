@@ -10,7 +10,9 @@ use crate::error::Error;
 /// as `application/x-www-form-urlencoded`, which is how the server decodes the query, so a `tags`
 /// value comes back exactly as written, whatever its spaces, quotes or non-ASCII text.
 ///
-/// Fails with [`Error::InvalidUrl`] when `base` is not a URL, or not a `ws`/`wss` one.
+/// Fails with [`Error::InvalidUrl`] when `base` is not a URL, or not a `ws`/`wss` one. The
+/// workspace builds without IDNA data (see the root `Cargo.toml`): a host must be ASCII, or
+/// already in Punycode.
 ///
 /// ```
 /// use tagcast::url::handshake_url;
@@ -117,6 +119,21 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn hosts_are_ascii_or_punycode() {
+        assert_eq!(
+            handshake_url("wss://xn--bcher-kva.example/ws", &[]).unwrap(),
+            "wss://xn--bcher-kva.example/ws"
+        );
+        // Cargo.lock pins idna_adapter 1.0 (no Unicode back end) to keep the browser SDK small:
+        // a Unicode host is refused rather than converted. With idna_adapter 1.2 (ICU4X) this
+        // would give the Punycode host above; see the comment on `url` in the root Cargo.toml.
+        assert!(matches!(
+            handshake_url("wss://bücher.example/ws", &[]),
+            Err(Error::InvalidUrl { .. })
+        ));
     }
 
     #[test]
