@@ -1,0 +1,441 @@
+//! The connection: `connect`, the `TagcastClient` it resolves to (send, handlers, close), and
+//! the background task that reads frames and reconnects with backoff when the connection drops.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures_channel::oneshot;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use gloo_net::websocket::futures::WebSocket;
+use gloo_net::websocket::{Message, State as WsState, WebSocketError};
+use tagcast::envelope::{RequestId, ServerFrame, SUBPROTOCOL};
+use tagcast::request::MESSAGE_MANDATORY;
+use tagcast::{Metadata, Tags, WebSocketRequest};
+use wasm_bindgen::prelude::*;
+
+use crate::errors::{bad_request, from_sdk, tagcast_error, CLOSED};
+use crate::options::{metadata_from_js, tags_from_js, to_json, ConnectOptions};
+
+/// The connection states, as JavaScript sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Open,
+    Reconnecting,
+    Closed,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Open => "open",
+            State::Reconnecting => "reconnecting",
+            State::Closed => "closed",
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<u64, JsValue>>;
+type Sink = SplitSink<WebSocket, Message>;
+type Stop = oneshot::Receiver<Sink>;
+
+/// Splits an open socket: the sink goes to the client, the stream and the stop signal to the
+/// reading task.
+fn install(inner: &Rc<RefCell<Inner>>, socket: WebSocket) -> (SplitStream<WebSocket>, Stop) {
+    let (sink, stream) = socket.split();
+    let (stop, stopped) = oneshot::channel();
+    let mut i = inner.borrow_mut();
+    i.sink = Some(sink);
+    i.stop = Some(stop);
+    (stream, stopped)
+}
+
+/// Everything the client and its background task share (the browser is single-threaded).
+struct Inner {
+    url: String,
+    protocols: Vec<String>,
+    state: State,
+    sink: Option<Sink>,
+    /// Hands the sink back to the reading task, which closes the socket with 1000.
+    stop: Option<oneshot::Sender<Sink>>,
+    pending: HashMap<i64, Reply>,
+    next_id: i64,
+    on_message: Vec<js_sys::Function>,
+    on_state: Vec<js_sys::Function>,
+    reconnect: bool,
+    min_delay_ms: f64,
+    max_delay_ms: f64,
+    default_tags: Tags,
+    default_metadata: Metadata,
+}
+
+impl Inner {
+    fn fail_pending(&mut self, reason: &str) {
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(tagcast_error(CLOSED, reason)));
+        }
+    }
+}
+
+fn set_state(inner: &Rc<RefCell<Inner>>, state: State) {
+    let callbacks = {
+        let mut i = inner.borrow_mut();
+        if i.state == state {
+            return;
+        }
+        i.state = state;
+        i.on_state.clone()
+    };
+    // Callbacks run without a borrow held, so they may call back into the client.
+    let value = JsValue::from_str(state.as_str());
+    for cb in callbacks {
+        let _ = cb.call1(&JsValue::NULL, &value);
+    }
+}
+
+/// Opens one WebSocket and waits until it is open; the error says why it could not open.
+async fn open_socket(url: &str, protocols: &[String]) -> Result<WebSocket, String> {
+    let mut socket = WebSocket::open_with_protocols(url, protocols).map_err(|e| e.to_string())?;
+    // gloo-net's sink is ready once the socket left CONNECTING (opened or failed).
+    futures_util::future::poll_fn(|cx| {
+        futures_util::Sink::<Message>::poll_ready(std::pin::Pin::new(&mut socket), cx)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    match socket.state() {
+        WsState::Open => {
+            if socket.protocol() != SUBPROTOCOL {
+                return Err(format!("the server at {url} did not accept {SUBPROTOCOL}"));
+            }
+            Ok(socket)
+        }
+        _ => Err(format!(
+            "could not open {url}: the server is unreachable or refused the handshake \
+             (browsers hide the HTTP status: check the server's log, the key and the tags)"
+        )),
+    }
+}
+
+/// A connection to a Tagcast server, made by `connect`.
+#[wasm_bindgen]
+pub struct TagcastClient {
+    inner: Rc<RefCell<Inner>>,
+}
+
+/// Opens a connection with `tags` and resolves once it is open. Rejects with a `TagcastError`
+/// whose code is `bad_request` for invalid tags or options, or a URL that is not `ws://` or
+/// `wss://` (all before any network use), or `closed` when the server cannot be reached or
+/// refuses the handshake.
+#[wasm_bindgen]
+pub async fn connect(
+    url: String,
+    #[wasm_bindgen(unchecked_param_type = "Tags")] tags: Option<JsValue>,
+    #[wasm_bindgen(unchecked_param_type = "ConnectOptions")] options: Option<JsValue>,
+) -> Result<TagcastClient, JsValue> {
+    let tags = tags_from_js(&tags.unwrap_or(JsValue::UNDEFINED))?;
+    let options = ConnectOptions::from_js(&options.unwrap_or(JsValue::UNDEFINED))?;
+
+    let tags_json = tags.to_json();
+    let mut pairs = Vec::with_capacity(3);
+    if !tags.is_empty() {
+        pairs.push(("tags", tags_json.as_str()));
+    }
+    if let Some(key) = &options.key {
+        pairs.push(("key", key.as_str()));
+    }
+    if let Some(secret) = &options.secret {
+        pairs.push(("secret", secret.as_str()));
+    }
+    let url = tagcast::url::handshake_url(&url, &pairs).map_err(|e| from_sdk(&e))?;
+    let mut protocols = vec![SUBPROTOCOL.to_owned()];
+    if let Some(t) = &options.token {
+        protocols.push(format!("tagcast.token.{t}"));
+    }
+
+    let inner = Rc::new(RefCell::new(Inner {
+        url,
+        protocols,
+        state: State::Connecting,
+        sink: None,
+        stop: None,
+        pending: HashMap::new(),
+        next_id: 1,
+        on_message: Vec::new(),
+        on_state: Vec::new(),
+        reconnect: options.reconnect,
+        min_delay_ms: options.min_delay_ms,
+        max_delay_ms: options.max_delay_ms,
+        default_tags: options.default_tags,
+        default_metadata: options.default_metadata,
+    }));
+    let (url, protocols) = {
+        let i = inner.borrow();
+        (i.url.clone(), i.protocols.clone())
+    };
+    let socket = open_socket(&url, &protocols)
+        .await
+        .map_err(|e| tagcast_error(CLOSED, &e))?;
+    let (stream, stopped) = install(&inner, socket);
+    inner.borrow_mut().state = State::Open;
+    wasm_bindgen_futures::spawn_local(run(inner.clone(), stream, stopped));
+    Ok(TagcastClient { inner })
+}
+
+/// The background task: reads frames, and reconnects when the connection drops.
+async fn run(inner: Rc<RefCell<Inner>>, mut stream: SplitStream<WebSocket>, mut stopped: Stop) {
+    loop {
+        let reason = match read(&inner, &mut stream, &mut stopped).await {
+            Ended::Lost(reason) => reason,
+            Ended::Stopped(sink) => {
+                if let Ok(socket) = stream.reunite(sink) {
+                    let _ = socket.close(Some(1000), None);
+                }
+                return;
+            }
+        };
+        let reconnect = {
+            let mut i = inner.borrow_mut();
+            i.sink = None;
+            i.stop = None;
+            i.fail_pending(&format!("connection lost: {reason}"));
+            i.reconnect && i.state != State::Closed
+        };
+        if !reconnect {
+            set_state(&inner, State::Closed);
+            return;
+        }
+        set_state(&inner, State::Reconnecting);
+        match reopen(&inner).await {
+            Some((next, stop)) => {
+                stream = next;
+                stopped = stop;
+            }
+            None => return,
+        }
+    }
+}
+
+/// Reopens with backoff; `None` when the client was closed meanwhile.
+async fn reopen(inner: &Rc<RefCell<Inner>>) -> Option<(SplitStream<WebSocket>, Stop)> {
+    let mut attempt: u32 = 0;
+    loop {
+        let (url, protocols, min, max) = {
+            let i = inner.borrow();
+            if i.state == State::Closed {
+                return None;
+            }
+            (
+                i.url.clone(),
+                i.protocols.clone(),
+                i.min_delay_ms,
+                i.max_delay_ms,
+            )
+        };
+        // Full jitter: a uniform delay below an exponentially growing, capped bound.
+        let bound = (min * 2f64.powi(attempt.min(20) as i32)).min(max);
+        let delay = (js_sys::Math::random() * bound) as u32;
+        gloo_timers::future::TimeoutFuture::new(delay).await;
+        if inner.borrow().state == State::Closed {
+            return None;
+        }
+        if let Ok(socket) = open_socket(&url, &protocols).await {
+            if inner.borrow().state == State::Closed {
+                let _ = socket.close(Some(1000), None);
+                return None;
+            }
+            let opened = install(inner, socket);
+            set_state(inner, State::Open);
+            return Some(opened);
+        }
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Reads until the connection ends; returns why it ended.
+enum Ended {
+    /// The connection ended by itself, for this reason.
+    Lost(String),
+    /// The application closed the client and handed the sink back.
+    Stopped(Sink),
+}
+
+/// Reads until the connection ends or the application closes the client.
+async fn read(
+    inner: &Rc<RefCell<Inner>>,
+    stream: &mut SplitStream<WebSocket>,
+    mut stopped: &mut Stop,
+) -> Ended {
+    loop {
+        let mut next = stream.next().fuse();
+        let frame = futures_util::select! {
+            frame = next => frame,
+            sink = stopped => return match sink {
+                Ok(sink) => Ended::Stopped(sink),
+                Err(_) => Ended::Lost("closed by the application".to_owned()),
+            },
+        };
+        match frame {
+            None => return Ended::Lost("the connection ended".to_owned()),
+            Some(Ok(Message::Text(text))) => handle_frame(inner, &text),
+            Some(Ok(Message::Bytes(_))) => {}
+            Some(Err(WebSocketError::ConnectionClose(e))) => {
+                return Ended::Lost(format!("code {} {}", e.code, e.reason));
+            }
+            Some(Err(e)) => return Ended::Lost(e.to_string()),
+        }
+    }
+}
+
+fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
+    // Deliveries are parsed by the browser's JSON.parse: the payload reaches JavaScript as is.
+    let Ok(parsed) = js_sys::JSON::parse(text) else {
+        return;
+    };
+    let kind = js_sys::Reflect::get(&parsed, &"type".into())
+        .ok()
+        .and_then(|t| t.as_string());
+    if kind.as_deref() == Some("message") {
+        let message = js_sys::Reflect::get(&parsed, &"message".into()).unwrap_or(JsValue::NULL);
+        let tags = js_sys::Reflect::get(&parsed, &"tags".into()).unwrap_or(JsValue::NULL);
+        let callbacks = inner.borrow().on_message.clone();
+        for cb in callbacks {
+            let _ = cb.call2(&JsValue::NULL, &message, &tags);
+        }
+        return;
+    }
+    let (id, result) = match ServerFrame::parse(text) {
+        Ok(ServerFrame::Ack {
+            id: RequestId::Integer(id),
+            delivered,
+        }) => (id, Ok(delivered)),
+        Ok(ServerFrame::Error {
+            id: Some(RequestId::Integer(id)),
+            code,
+            error,
+        }) => (id, Err(tagcast_error(code.as_str(), &error))),
+        _ => return,
+    };
+    let reply = inner.borrow_mut().pending.remove(&id);
+    if let Some(reply) = reply {
+        let _ = reply.send(result);
+    }
+}
+
+#[wasm_bindgen]
+impl TagcastClient {
+    /// Sends `message` (any JSON value; a string by default on the server) to the connections
+    /// whose tags contain `tags` (all of them when absent), with the default tags and metadata
+    /// merged under the call's own. Resolves to `{ delivered }`, or rejects with a
+    /// `TagcastError` (`bad_request`, `unauthorized`, `rate_limited`, `unavailable`, `closed`).
+    #[wasm_bindgen(unchecked_return_type = "Promise<SendResult>")]
+    pub fn send(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "unknown")] message: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Tags")] tags: Option<JsValue>,
+        #[wasm_bindgen(unchecked_param_type = "Metadata")] metadata: Option<JsValue>,
+    ) -> js_sys::Promise {
+        let none = JsValue::UNDEFINED;
+        let prepared = self.prepare(
+            &message,
+            tags.as_ref().unwrap_or(&none),
+            metadata.as_ref().unwrap_or(&none),
+        );
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let answer = prepared?;
+            let delivered = answer.await.unwrap_or_else(|_| {
+                Err(tagcast_error(
+                    CLOSED,
+                    "the connection closed before the answer",
+                ))
+            })?;
+            drop(inner);
+            let result = js_sys::Object::new();
+            js_sys::Reflect::set(&result, &"delivered".into(), &(delivered as f64).into())?;
+            Ok(result.into())
+        })
+    }
+
+    fn prepare(
+        &self,
+        message: &JsValue,
+        tags: &JsValue,
+        metadata: &JsValue,
+    ) -> Result<oneshot::Receiver<Result<u64, JsValue>>, JsValue> {
+        let message = match to_json(message, "message")? {
+            None => return Err(bad_request(MESSAGE_MANDATORY)),
+            Some(m) => m,
+        };
+        let request = WebSocketRequest::new(message)
+            .with_tags(tags_from_js(tags)?)
+            .with_metadata(metadata_from_js(metadata)?);
+        let mut inner = self.inner.borrow_mut();
+        let id = inner.next_id;
+        // The same frame as the native client's: defaults merged under the call's own.
+        let frame = request
+            .to_envelope_json(id, &inner.default_tags, &inner.default_metadata)
+            .map_err(|e| from_sdk(&e))?;
+        if inner.state != State::Open {
+            return Err(tagcast_error(
+                CLOSED,
+                &format!("not connected (state: {})", inner.state.as_str()),
+            ));
+        }
+        inner.next_id += 1;
+        let sent = match inner.sink.as_mut() {
+            // gloo-net's sink is ready at once on an open socket: no await with a borrow held.
+            Some(sink) => sink.send(Message::Text(frame)).now_or_never(),
+            None => None,
+        };
+        match sent {
+            Some(Ok(())) => {}
+            _ => return Err(tagcast_error(CLOSED, "the connection is not writable")),
+        }
+        let (reply, answer) = oneshot::channel();
+        inner.pending.insert(id, reply);
+        Ok(answer)
+    }
+
+    /// Calls `callback(message, tags)` for every message routed to this connection.
+    #[wasm_bindgen(js_name = onMessage)]
+    pub fn on_message(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(message: unknown, tags: Tags) => void")]
+        callback: js_sys::Function,
+    ) {
+        self.inner.borrow_mut().on_message.push(callback);
+    }
+
+    /// Calls `callback(state)` on every state change: `connecting`, `open`, `reconnecting`,
+    /// `closed`.
+    #[wasm_bindgen(js_name = onStateChange)]
+    pub fn on_state_change(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(state: ConnectionState) => void")]
+        callback: js_sys::Function,
+    ) {
+        self.inner.borrow_mut().on_state.push(callback);
+    }
+
+    /// The current state.
+    #[wasm_bindgen(getter, unchecked_return_type = "ConnectionState")]
+    pub fn state(&self) -> String {
+        self.inner.borrow().state.as_str().to_owned()
+    }
+
+    /// Closes the connection (code 1000) for good: no reconnect; pending sends reject `closed`.
+    pub fn close(&self) {
+        let handover = {
+            let mut i = self.inner.borrow_mut();
+            i.fail_pending("closed by the application");
+            (i.sink.take(), i.stop.take())
+        };
+        set_state(&self.inner, State::Closed);
+        if let (Some(sink), Some(stop)) = handover {
+            let _ = stop.send(sink);
+        }
+    }
+}

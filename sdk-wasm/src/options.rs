@@ -1,0 +1,135 @@
+//! What JavaScript passes in (tags, metadata, messages and the options of `connect`), read and
+//! validated with the server's own rules before anything reaches the network.
+
+use serde_json::Value;
+use tagcast::tags::DEFAULT_MAX_TAGS;
+use tagcast::{Metadata, Tags};
+use wasm_bindgen::prelude::*;
+
+use crate::errors::bad_request;
+
+/// A JavaScript value as JSON text, through the browser's own `JSON.stringify`; `None` for
+/// `undefined` and `null`.
+fn json_text(value: &JsValue, what: &str) -> Result<Option<String>, JsValue> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(None);
+    }
+    let cannot = || bad_request(format!("{what} cannot be encoded as JSON"));
+    let text = js_sys::JSON::stringify(value).map_err(|_| cannot())?;
+    // `JSON.stringify` returns `undefined` for a function or a symbol.
+    text.as_string().map(Some).ok_or_else(cannot)
+}
+
+/// Converts a JavaScript value to JSON; `None` for `undefined` and `null`.
+pub(crate) fn to_json(value: &JsValue, what: &str) -> Result<Option<Value>, JsValue> {
+    json_text(value, what)?
+        .map(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| bad_request(format!("{what} is not valid JSON: {e}")))
+        })
+        .transpose()
+}
+
+/// Validates tags given by JavaScript with the server's own rules, at most
+/// [`DEFAULT_MAX_TAGS`] of them; no tags for `undefined` and `null`.
+pub(crate) fn tags_from_js(value: &JsValue) -> Result<Tags, JsValue> {
+    match json_text(value, "tags")? {
+        None => Ok(Tags::new()),
+        Some(text) => Tags::parse_bounded(&text, DEFAULT_MAX_TAGS)
+            .map_err(|e| bad_request(format!("invalid tags: {e}"))),
+    }
+}
+
+/// Request metadata given by JavaScript: an object, or nothing.
+pub(crate) fn metadata_from_js(value: &JsValue) -> Result<Metadata, JsValue> {
+    match to_json(value, "metadata")? {
+        None => Ok(Metadata::new()),
+        Some(Value::Object(map)) => Ok(map),
+        Some(_) => Err(bad_request("metadata must be an object")),
+    }
+}
+
+/// The options of `connect` (the `ConnectOptions` TypeScript interface), read once.
+pub(crate) struct ConnectOptions {
+    /// Whether to reconnect when the connection drops.
+    pub reconnect: bool,
+    /// An application's key, for the handshake query.
+    pub key: Option<String>,
+    /// The application's secret, for the handshake query.
+    pub secret: Option<String>,
+    /// A signed-tags token, sent as a subprotocol.
+    pub token: Option<String>,
+    /// The first reconnect delay bound, in milliseconds.
+    pub min_delay_ms: f64,
+    /// The largest reconnect delay, in milliseconds (never below `min_delay_ms`).
+    pub max_delay_ms: f64,
+    /// Tags merged under every send's own.
+    pub default_tags: Tags,
+    /// Metadata merged under every send's own.
+    pub default_metadata: Metadata,
+}
+
+impl ConnectOptions {
+    /// Reads the options object (`undefined` or `null` for the defaults); a wrong option is a
+    /// `bad_request` naming it.
+    pub(crate) fn from_js(options: &JsValue) -> Result<Self, JsValue> {
+        let reconnect = field(options, "reconnect").as_bool().unwrap_or(true);
+        let key = string(options, "key")?;
+        let secret = string(options, "secret")?;
+        let token = string(options, "token")?;
+        let min_delay_ms = number(options, "minDelayMs", 250.0)?;
+        let max_delay_ms = number(options, "maxDelayMs", 10_000.0)?.max(min_delay_ms);
+        let default_tags = tags_from_js(&field(options, "defaultTags"))?;
+        let default_metadata = metadata_from_js(&field(options, "defaultMetadata"))?;
+        Ok(ConnectOptions {
+            reconnect,
+            key,
+            secret,
+            token,
+            min_delay_ms,
+            max_delay_ms,
+            default_tags,
+            default_metadata,
+        })
+    }
+}
+
+fn field(options: &JsValue, name: &str) -> JsValue {
+    if options.is_object() {
+        js_sys::Reflect::get(options, &name.into()).unwrap_or(JsValue::UNDEFINED)
+    } else {
+        JsValue::UNDEFINED
+    }
+}
+
+fn string(options: &JsValue, name: &str) -> Result<Option<String>, JsValue> {
+    let v = field(options, name);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.as_string()
+        .map(Some)
+        .ok_or_else(|| bad_request(format!("option '{name}' must be a string")))
+}
+
+fn number(options: &JsValue, name: &str, default: f64) -> Result<f64, JsValue> {
+    let v = field(options, name);
+    if v.is_undefined() || v.is_null() {
+        return Ok(default);
+    }
+    match v.as_f64() {
+        Some(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err(bad_request(format!(
+            "option '{name}' must be a non-negative number"
+        ))),
+    }
+}
+
+/// Validates tags with the server's rules without connecting; throws a `bad_request`
+/// `TagcastError` naming the problem.
+#[wasm_bindgen(js_name = validateTags)]
+pub fn validate_tags(
+    #[wasm_bindgen(unchecked_param_type = "Tags")] tags: JsValue,
+) -> Result<(), JsValue> {
+    tags_from_js(&tags).map(|_| ())
+}
