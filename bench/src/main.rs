@@ -76,7 +76,7 @@ struct SoakArgs {
 #[derive(Debug, Clone, Args)]
 struct Common {
     /// Server URL, e.g. ws://127.0.0.1:8080.
-    #[arg(long)]
+    #[arg(long, value_parser = ws_url)]
     url: String,
     /// The server's process id, for its CPU time and RSS.
     #[arg(long)]
@@ -119,7 +119,7 @@ struct FanoutArgs {
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
     /// Connect the publishers to this URL instead of --url (another node of a cluster).
-    #[arg(long)]
+    #[arg(long, value_parser = ws_url)]
     publish_url: Option<String>,
 }
 
@@ -191,15 +191,17 @@ fn process_stats(pid: Option<u32>) -> Option<(f64, u64)> {
     Some((ticks / 100.0, rss))
 }
 
+/// Checks a `--url` once, at start, the way every connection's URL is built from it.
+fn ws_url(base: &str) -> Result<String, String> {
+    tagcast::url::handshake_url(base, &[])
+        .map(|_| base.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// The handshake URL of a connection with `tags`, built by the SDK's own helper.
 fn url_with_tags(base: &str, tags: &serde_json::Value) -> String {
-    let encoded: String = form_urlencoded::byte_serialize(tags.to_string().as_bytes()).collect();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let base = if base.contains('?') || base.trim_end_matches('/').matches('/').count() > 2 {
-        base.to_owned()
-    } else {
-        format!("{}/", base.trim_end_matches('/'))
-    };
-    format!("{base}{sep}tags={encoded}")
+    tagcast::url::handshake_url(base, &[("tags", &tags.to_string())])
+        .expect("URLs are checked when the arguments are parsed (ws_url)")
 }
 
 async fn open(url: &str) -> anyhow::Result<Ws> {
