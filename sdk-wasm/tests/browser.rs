@@ -229,6 +229,34 @@ async fn error_codes() {
 }
 
 #[wasm_bindgen_test]
+async fn the_handshake_url_carries_any_tags_exactly() {
+    // Spaces, quotes, `&`, `+`, `#` and non-ASCII text: the server must read the same tags back,
+    // so a send to exactly those tags reaches this connection.
+    let tags = json!({"name": "Jean \"JD\" Dupont", "ville": "Besançon", "math": "1+1=2 & #3"});
+    // The server's URL with a query of its own: it stays, the pairs follow. (No fragment here:
+    // browsers refuse a WebSocket URL that has one.)
+    let client = connect(
+        format!("{}/?extra=1", server().trim_end_matches('/')),
+        Some(js(tags.clone())),
+        Some(auth_options(json!({}))),
+    )
+    .await
+    .unwrap();
+    let got = record_messages(&client);
+    let delivered = send(&client, "exact".into(), js(tags)).await.unwrap();
+    assert_eq!(delivered, 1.0);
+    wait_for(|| !got.borrow().is_empty(), "the delivery").await;
+    client.close();
+
+    // A URL that is not ws:// or wss:// is the caller's mistake, found before the network.
+    for bad in ["http://127.0.0.1:9", "127.0.0.1:9", "not a url"] {
+        let err = connect(bad.into(), None, None).await.err().unwrap();
+        assert_eq!(code(&err), "bad_request", "{bad}");
+        assert!(text(&err).contains("invalid URL"), "{}", text(&err));
+    }
+}
+
+#[wasm_bindgen_test]
 async fn reconnects_after_the_server_restarts() {
     let control = CONTROL.expect("TAGCAST_TEST_CONTROL is not set: run scripts/test-browser");
     let client = connect(
