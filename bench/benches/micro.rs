@@ -64,7 +64,7 @@ fn encoding(c: &mut Criterion) {
     c.bench_function("encode_raw_and_envelope", |b| {
         b.iter(|| {
             let raw = serde_json::to_string(black_box(&message)).unwrap();
-            let envelope = encode_message_frame(&raw, &tags.to_json());
+            let envelope = encode_message_frame(&raw, &tags.to_json(), None);
             (raw, envelope)
         })
     });

@@ -400,7 +400,7 @@ async fn run(
                         continue;
                     }
                     match ServerFrame::parse(text) {
-                        Ok(ServerFrame::Message { message, tags }) => {
+                        Ok(ServerFrame::Message { message, tags, .. }) => {
                             let _ = incoming.send(Received { message, tags, text: text.to_owned() }).await;
                         }
                         Ok(ServerFrame::Ack { id: RequestId::Integer(id), delivered }) => {

@@ -83,6 +83,9 @@ pub enum ServerFrame {
         message: Value,
         /// The request's tags.
         tags: Tags,
+        /// The request's position in the server's history (absent with history off).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pos: Option<String>,
     },
     /// The acknowledgement of a request that had an `id`.
     Ack {
@@ -90,6 +93,19 @@ pub enum ServerFrame {
         id: RequestId,
         /// How many connections of this server the message was queued for.
         delivered: u64,
+    },
+    /// Sent right after the handshake (history on): the position of the last routed request,
+    /// the cursor of a connection that has received nothing yet.
+    Position {
+        /// The position.
+        pos: String,
+    },
+    /// Ends the replay of a connection opened with `since`.
+    Resumed {
+        /// Whether no request after `since` was missing from the history.
+        recovered: bool,
+        /// How many requests were replayed.
+        missed: u64,
     },
     /// A refused request; the connection stays open.
     Error {
@@ -114,14 +130,22 @@ impl ServerFrame {
     }
 }
 
-/// Encodes a delivery frame from an already encoded payload and tags, without re-encoding them:
-/// the server builds it once per request and shares it between recipients.
-pub fn encode_message_frame(payload_json: &str, tags_json: &str) -> String {
-    let mut out = String::with_capacity(payload_json.len() + tags_json.len() + 40);
+/// Encodes a delivery frame from an already encoded payload and tags (and the request's
+/// position, with history on), without re-encoding them: the server builds it once per request
+/// and shares it between recipients.
+pub fn encode_message_frame(payload_json: &str, tags_json: &str, pos: Option<&str>) -> String {
+    let pos_len = pos.map_or(0, |p| p.len() + 9);
+    let mut out = String::with_capacity(payload_json.len() + tags_json.len() + pos_len + 37);
     out.push_str(r#"{"type":"message","message":"#);
     out.push_str(payload_json);
     out.push_str(r#","tags":"#);
     out.push_str(tags_json);
+    if let Some(pos) = pos {
+        // Positions are [A-Za-z0-9._~-]: nothing to escape.
+        out.push_str(r#","pos":""#);
+        out.push_str(pos);
+        out.push('"');
+    }
     out.push('}');
     out
 }
@@ -147,12 +171,34 @@ mod tests {
             r#"{"type":"error","id":null,"code":"bad_request","error":"x"}"#
         );
         let tags = Tags::new().with("language", "FR");
-        let fast = encode_message_frame(r#""Hi""#, &tags.to_json());
+        let fast = encode_message_frame(r#""Hi""#, &tags.to_json(), None);
+        let slow = ServerFrame::Message {
+            message: Value::from("Hi"),
+            tags: tags.clone(),
+            pos: None,
+        };
+        assert_eq!(fast, slow.to_json());
+        assert_eq!(fast.capacity(), fast.len());
+        assert_eq!(ServerFrame::parse(&fast).unwrap(), slow);
+        let fast = encode_message_frame(r#""Hi""#, &tags.to_json(), Some("e1.5"));
         let slow = ServerFrame::Message {
             message: Value::from("Hi"),
             tags,
+            pos: Some("e1.5".into()),
         };
         assert_eq!(fast, slow.to_json());
-        assert_eq!(ServerFrame::parse(&fast).unwrap(), slow);
+        assert_eq!(fast.capacity(), fast.len());
+        assert_eq!(
+            ServerFrame::Position { pos: "e1.0".into() }.to_json(),
+            r#"{"type":"position","pos":"e1.0"}"#
+        );
+        assert_eq!(
+            ServerFrame::Resumed {
+                recovered: false,
+                missed: 2
+            }
+            .to_json(),
+            r#"{"type":"resumed","recovered":false,"missed":2}"#
+        );
     }
 }

@@ -66,6 +66,12 @@ pub struct Config {
     /// (`--direct-writes`, default on); off, every frame goes through the recipient's queue
     /// (for debugging, and for benchmarks that compare both paths).
     pub direct_writes: bool,
+    /// Most routed requests kept for resume (`--history`); 0 turns the history off.
+    pub history: usize,
+    /// Most bytes of kept frames (`--history-bytes`).
+    pub history_bytes: usize,
+    /// Oldest kept request (`--history-ttl`).
+    pub history_ttl: std::time::Duration,
 }
 
 /// Default `--handshake-timeout`.
@@ -74,6 +80,13 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::
 pub const DEFAULT_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Default `--idle-timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// Default `--history`: routed requests kept for resume.
+pub const DEFAULT_HISTORY: usize = 10_000;
+/// Default `--history-bytes` (64 MiB).
+pub const DEFAULT_HISTORY_BYTES: usize = 64 * 1024 * 1024;
+/// Default `--history-ttl`.
+pub const DEFAULT_HISTORY_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Default `--redis-channel`.
 pub const DEFAULT_REDIS_CHANNEL: &str = "tagcast";
@@ -114,6 +127,9 @@ impl Default for Config {
             ping_interval: Some(DEFAULT_PING_INTERVAL),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             direct_writes: true,
+            history: DEFAULT_HISTORY,
+            history_bytes: DEFAULT_HISTORY_BYTES,
+            history_ttl: DEFAULT_HISTORY_TTL,
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::close::{self, Closer, POLICY_VIOLATION, SLOW_CONSUMER};
 use crate::outbox::{Outbox, Push};
 use crate::refusal::{Reason, Refusal};
 use crate::registry::Registered;
-use crate::router::{RateLimiter, Router};
+use crate::router::{Greeting, RateLimiter, Router};
 
 /// One open connection: what the router and the registry hold of it (the handle); its task is
 /// [`run`].
@@ -131,6 +131,7 @@ pub async fn run<S, E>(
     registered: Registered,
     router: Arc<Router>,
     settings: Settings,
+    greeting: Greeting,
 ) where
     S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
@@ -148,6 +149,20 @@ pub async fn run<S, E>(
     let keepalive_step = settings.keepalive_step();
     let keepalive = tokio::time::sleep(keepalive_step.unwrap_or(Duration::from_secs(86_400)));
     tokio::pin!(keepalive);
+    if !greeting.is_empty() {
+        // Before anything else (frames routed meanwhile wait in the queue): the position, the
+        // replay of a resume and its `resumed` frame.
+        let mut greeting = VecDeque::from(greeting);
+        let written = tokio::select! {
+            biased;
+            _ = &mut closed => Ok(()),
+            written = write_all(&mut socket, &mut greeting) => written,
+        };
+        if written.is_err() {
+            conn.closer.close_silently();
+        }
+    }
+    conn.outbox.release();
     loop {
         let event = tokio::select! {
             biased;
@@ -388,7 +403,13 @@ mod tests {
         let registered = connection(&registry, Tags::new().with("room", 1), true, 16);
         let conn = registered.conn.clone();
         let (socket, peer) = socket_pair(usize::MAX);
-        let task = tokio::spawn(run(socket, registered, router.clone(), Settings::default()));
+        let task = tokio::spawn(run(
+            socket,
+            registered,
+            router.clone(),
+            Settings::default(),
+            Vec::new(),
+        ));
         for i in 0..3 {
             conn.offer(Utf8Bytes::from(format!("\"queued {i}\"")), None);
         }
@@ -403,7 +424,8 @@ mod tests {
             ServerFrame::parse(&written[3]).unwrap(),
             ServerFrame::Message {
                 message: "hi".into(),
-                tags: Tags::new().with("room", 1)
+                tags: Tags::new().with("room", 1),
+                pos: None,
             }
         );
         assert_eq!(
@@ -431,7 +453,13 @@ mod tests {
         let conn = registered.conn.clone();
         // The peer reads nothing.
         let (socket, peer) = socket_pair(0);
-        let task = tokio::spawn(run(socket, registered, router, Settings::default()));
+        let task = tokio::spawn(run(
+            socket,
+            registered,
+            router,
+            Settings::default(),
+            Vec::new(),
+        ));
         let mut offered = Vec::new();
         for i in 0..4 {
             offered.push(conn.offer(Utf8Bytes::from(format!("{i}")), None));
@@ -463,7 +491,7 @@ mod tests {
             rate_limit: Some(1),
             ..Settings::default()
         };
-        let task = tokio::spawn(run(socket, registered, router, settings));
+        let task = tokio::spawn(run(socket, registered, router, settings, Vec::new()));
         for id in 1..=5 {
             peer.send_text(&format!(r#"{{"id":{id},"message":"m","tags":{{"x":1}}}}"#));
         }

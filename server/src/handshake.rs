@@ -1,6 +1,6 @@
-//! Admitting a WebSocket connection (PROTOCOL.md §2, §5, §5.1): [`Admission::admit`] applies
-//! the connection limit, then authorization (the application's key and secret, or a signed-tags
-//! token), then the tags, and picks the subprotocol. It returns the admitted connection's
+//! Admitting a WebSocket connection (PROTOCOL.md §2, §5, §5.1, §11): [`Admission::admit`]
+//! applies the connection limit, then authorization (the application's key and secret, or a
+//! signed-tags token), then the tags, then `since`, and picks the subprotocol. It returns the admitted connection's
 //! parts or a typed refusal; the HTTP layer only turns a refusal into a response.
 
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use http::header::SEC_WEBSOCKET_PROTOCOL;
 use tagcast::{Tags, TagsError, TokenError, SUBPROTOCOL};
 
 use crate::auth::{ApplicationsAuthManager, AuthManager, Handshake};
+use crate::history::check_position;
 use crate::registry::{Registry, Slot};
 
 /// The prefix of the subprotocol that carries a signed-tags token.
@@ -24,6 +25,8 @@ pub enum Refused {
     Unauthorized(String),
     /// The `tags` query parameter is not valid tags (HTTP 400).
     BadTags(TagsError),
+    /// `since` is not a position, or comes without the `tagcast.v1` subprotocol (HTTP 400).
+    BadSince(String),
 }
 
 impl Refused {
@@ -32,7 +35,7 @@ impl Refused {
         match self {
             Refused::Limit => 503,
             Refused::Unauthorized(_) => 401,
-            Refused::BadTags(_) => 400,
+            Refused::BadTags(_) | Refused::BadSince(_) => 400,
         }
     }
 
@@ -42,6 +45,7 @@ impl Refused {
             Refused::Limit => "the server is at its connection limit, try again later".into(),
             Refused::Unauthorized(reason) => reason.clone(),
             Refused::BadTags(e) => format!("invalid 'tags': {e}"),
+            Refused::BadSince(why) => why.clone(),
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct Admitted {
     pub protocol: Option<String>,
     /// Whether it speaks `tagcast.v1`.
     pub envelope: bool,
+    /// The position it resumes from (`since`, envelope mode only).
+    pub since: Option<String>,
     /// The handshake, kept for auth managers whose `authorize_send` reads it.
     pub handshake: Option<Box<Handshake>>,
 }
@@ -114,6 +120,18 @@ impl Admission {
             }
         };
         let envelope = offered.iter().any(|p| p == SUBPROTOCOL);
+        let since = match handshake.query_value("since") {
+            None => None,
+            Some(_) if !envelope => {
+                return Err(Refused::BadSince(format!(
+                    "'since' needs the {SUBPROTOCOL} subprotocol: raw connections cannot resume"
+                )))
+            }
+            Some(since) => {
+                check_position(since).map_err(|e| Refused::BadSince(e.to_string()))?;
+                Some(since.to_owned())
+            }
+        };
         let protocol = if envelope {
             Some(SUBPROTOCOL.to_owned())
         } else {
@@ -125,6 +143,7 @@ impl Admission {
             tags,
             protocol,
             envelope,
+            since,
             handshake,
         })
     }
@@ -273,6 +292,27 @@ mod tests {
         assert!(matches!(e, Refused::BadTags(_)), "{e:?}");
         assert_eq!(e.status(), 400);
         assert!(e.text().starts_with("invalid 'tags': "), "{}", e.text());
+    }
+
+    #[test]
+    fn since_needs_a_position_and_the_envelope() {
+        let a = admission(None, false, false);
+        let ok = a
+            .admit(offer("since=ab.12", Some("tagcast.v1")), NOW)
+            .unwrap();
+        assert_eq!(ok.since.as_deref(), Some("ab.12"));
+        let e = a.admit(offer("since=ab.12", None), NOW).unwrap_err();
+        assert!(
+            matches!(&e, Refused::BadSince(t) if t.contains("tagcast.v1")),
+            "{e:?}"
+        );
+        let e = a
+            .admit(offer("since=a%20b", Some("tagcast.v1")), NOW)
+            .unwrap_err();
+        assert_eq!(e.status(), 400);
+        // The tags are checked first.
+        let e = a.admit(offer("tags=5&since=a%20b", None), NOW).unwrap_err();
+        assert!(matches!(e, Refused::BadTags(_)), "{e:?}");
     }
 
     #[test]

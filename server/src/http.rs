@@ -34,7 +34,7 @@ use crate::outbox::direct::SharedTcp;
 use crate::outbox::Outbox;
 use crate::refusal::{Reason, Refusal};
 use crate::registry::{Registered, Registry};
-use crate::router::Router;
+use crate::router::{Greeting, Router};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -88,6 +88,13 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.connections.set(state.registry.len() as i64);
+    let (kept, bytes) = state
+        .router
+        .fanout
+        .history()
+        .map_or((0, 0), |history| history.size());
+    state.metrics.history_requests.set(kept as i64);
+    state.metrics.history_bytes.set(bytes as i64);
     (
         [(
             header::CONTENT_TYPE,
@@ -294,8 +301,9 @@ async fn websocket_or_426(
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let registered = register(&state, peer, direct, admitted);
-        crate::connection::run(socket, registered, state.router.clone(), state.settings).await
+        let (registered, greeting) = register(&state, peer, direct, admitted);
+        let router = state.router.clone();
+        crate::connection::run(socket, registered, router, state.settings, greeting).await
     });
     response
 }
@@ -380,29 +388,45 @@ async fn plain_request(state: &AppState, parts: Parts, body: Body) -> Response {
     response
 }
 
-/// Puts an upgraded connection in the registry (closed at once during a shutdown).
+/// Puts an upgraded connection in the registry (closed at once during a shutdown), and
+/// returns what it writes first (its position, and its replay when it resumes).
 fn register(
     state: &AppState,
     peer: SocketAddr,
     socket: Option<SharedTcp>,
     admitted: Admitted,
-) -> Registered {
+) -> (Registered, Greeting) {
+    // An envelope connection greets first when the history is on or it resumes: nothing may go
+    // around its greeting, so its frames are all queued until it is written.
+    let greets =
+        admitted.envelope && (admitted.since.is_some() || state.router.fanout.history().is_some());
+    let capacity = state.config.queue_size;
     let conn = Arc::new(Connection {
         id: state.registry.next_id(),
         envelope: admitted.envelope,
-        outbox: Outbox::new(state.config.queue_size, socket),
+        outbox: if greets {
+            Outbox::held(capacity, socket)
+        } else {
+            Outbox::new(capacity, socket)
+        },
         closer: Closer::default(),
         peer,
         handshake: admitted.handshake,
     });
     tracing::debug!(connection = conn.id, peer = %conn.peer, tags = %admitted.tags.to_json(), envelope = conn.envelope, "connection opened");
-    if !state.registry.register(conn.clone(), admitted.tags) {
+    let greeting = state
+        .router
+        .fanout
+        .open(&conn, admitted.tags, admitted.since.as_deref());
+    let greeting = greeting.unwrap_or_else(|| {
         conn.closer
             .close(crate::close::GOING_AWAY, "server shutting down");
-    }
-    Registered {
+        Vec::new()
+    });
+    let registered = Registered {
         conn,
         registry: state.registry.clone(),
         _slot: admitted.slot,
-    }
+    };
+    (registered, greeting)
 }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod connection;
 pub mod deadline;
 pub mod handshake;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
@@ -152,7 +153,15 @@ impl ServerBuilder {
             max_tags: config.max_tags,
             metrics: metrics.clone(),
             bus: bus.clone(),
-            fanout: Arc::new(Fanout::new(registry.clone(), metrics.clone())),
+            fanout: Arc::new(Fanout::new(
+                registry.clone(),
+                metrics.clone(),
+                Some(history::Limits {
+                    requests: config.history,
+                    bytes: config.history_bytes,
+                    ttl: config.history_ttl,
+                }),
+            )),
         });
         let static_files = match &config.static_dir {
             Some(dir) => {

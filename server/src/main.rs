@@ -125,6 +125,23 @@ struct ServeArgs {
         default_value_t = 75
     )]
     idle_timeout: u64,
+    /// Routed requests kept so that a client that reconnects with `since` gets what it missed
+    /// (0: history off).
+    #[arg(long, env = "TAGCAST_HISTORY", value_name = "N",
+          default_value_t = tagcast_server::config::DEFAULT_HISTORY)]
+    history: usize,
+    /// Most bytes of kept requests (their message frames: payload, tags and position).
+    #[arg(long, env = "TAGCAST_HISTORY_BYTES", value_name = "N",
+          default_value_t = tagcast_server::config::DEFAULT_HISTORY_BYTES)]
+    history_bytes: usize,
+    /// Seconds a routed request is kept for resume.
+    #[arg(
+        long,
+        env = "TAGCAST_HISTORY_TTL",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
+    history_ttl: u64,
     /// Write a frame straight into a quiet recipient's socket instead of waking its task (plain
     /// TCP only); false queues every frame (for debugging, and to compare both paths).
     #[arg(long, env = "TAGCAST_DIRECT_WRITES", default_value = "true", value_name = "true|false",
@@ -183,6 +200,9 @@ impl ServeArgs {
             rate_limit: self.rate_limit,
             signed_tags: self.signed_tags,
             direct_writes: self.direct_writes,
+            history: self.history,
+            history_bytes: self.history_bytes,
+            history_ttl: std::time::Duration::from_secs(self.history_ttl),
             handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout.max(1)),
             ping_interval: (self.ping_interval > 0)
                 .then(|| std::time::Duration::from_secs(self.ping_interval)),

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub bus_up: Gauge,
     /// Reconnections to Redis after it went away.
     pub bus_reconnects: Counter,
+    /// Requests kept in the history (set at each scrape).
+    pub history_requests: Gauge,
+    /// Bytes of the frames kept in the history (set at each scrape).
+    pub history_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -146,8 +150,23 @@ impl Metrics {
             bus_reconnects.clone(),
         );
 
+        let history_requests = Gauge::default();
+        registry.register(
+            "history_requests",
+            "Routed requests kept for resume (--history)",
+            history_requests.clone(),
+        );
+        let history_bytes = Gauge::default();
+        registry.register(
+            "history_bytes",
+            "Bytes of the message frames kept for resume (--history-bytes)",
+            history_bytes.clone(),
+        );
+
         Metrics {
             registry,
+            history_requests,
+            history_bytes,
             bus_up,
             bus_reconnects,
             connections,

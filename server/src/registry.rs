@@ -152,23 +152,27 @@ impl Registry {
     /// Offers a delivery to every connection whose tags contain `tags`: raw connections get
     /// `raw`, envelope connections the frame `envelope` builds (at most once). Returns how many
     /// queued it and how many this closed as slow consumers.
-    ///
-    /// The recipients are collected under the index's read lock and offered after it is
-    /// released: an offer may write into a socket or wake a task (system calls), and a large
-    /// fan-out must not stall the opens and closes that wait for the write lock.
     pub fn deliver(
         &self,
         tags: &Tags,
         raw: &Utf8Bytes,
         envelope: impl FnOnce() -> Utf8Bytes,
     ) -> Delivery {
-        let mut recipients = RECIPIENTS.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+        self.recipients(tags).offer(raw, envelope)
+    }
+
+    /// The connections whose tags contain `tags`, collected under the index's read lock, which
+    /// is released when this returns: offering may write into sockets or wake tasks (system
+    /// calls), and a large fan-out must not stall the opens and closes that wait for the write
+    /// lock.
+    pub fn recipients(&self, tags: &Tags) -> Recipients {
+        let mut list = RECIPIENTS.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
         self.read()
-            .for_each_match(tags, |Key(conn)| recipients.push(conn.clone()));
-        let delivery = offer_all(&recipients, raw, envelope, self.direct.now());
-        recipients.clear();
-        RECIPIENTS.with(|cell| *cell.borrow_mut() = recipients);
-        delivery
+            .for_each_match(tags, |Key(conn)| list.push(conn.clone()));
+        Recipients {
+            list,
+            now: self.direct.now(),
+        }
     }
 
     /// Closes every connection with 1001 and refuses new ones: the start of a shutdown.
@@ -189,35 +193,58 @@ impl Registry {
     }
 }
 
-/// Offers one delivery's frame to each recipient; the first [`direct::PER_DELIVERY`] may get it
-/// written into their socket (with `now`, see [`Outbox::push`](crate::outbox::Outbox::push)).
-fn offer_all(
-    recipients: &[Arc<Connection>],
-    raw: &Utf8Bytes,
-    envelope: impl FnOnce() -> Utf8Bytes,
+/// The recipients of one delivery, to offer its frame to.
+#[derive(Debug)]
+pub struct Recipients {
+    list: Vec<Arc<Connection>>,
     now: Option<u64>,
-) -> Delivery {
-    let mut envelope = Some(envelope);
-    let mut envelope_frame: Option<Utf8Bytes> = None;
-    let mut delivery = Delivery::default();
-    for (i, conn) in recipients.iter().enumerate() {
-        let frame = if conn.envelope {
-            envelope_frame
-                .get_or_insert_with(|| (envelope.take().expect("built once"))())
-                .clone()
-        } else {
-            raw.clone()
-        };
-        let len = frame.len() as u64;
-        let now = now.filter(|_| i < direct::PER_DELIVERY);
-        match conn.offer(frame, now) {
-            Offered::Queued => {
-                delivery.delivered += 1;
-                delivery.bytes += len;
-            }
-            Offered::SlowConsumer => delivery.slow_consumers += 1,
-            Offered::Dropped => {}
-        }
+}
+
+impl Recipients {
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.list.len()
     }
-    delivery
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Offers the frame to each recipient (see [`Registry::deliver`]); the first
+    /// [`direct::PER_DELIVERY`] may get it written into their socket.
+    pub fn offer(self, raw: &Utf8Bytes, envelope: impl FnOnce() -> Utf8Bytes) -> Delivery {
+        let mut envelope = Some(envelope);
+        let mut envelope_frame: Option<Utf8Bytes> = None;
+        let mut delivery = Delivery::default();
+        for (i, conn) in self.list.iter().enumerate() {
+            let frame = if conn.envelope {
+                envelope_frame
+                    .get_or_insert_with(|| (envelope.take().expect("built once"))())
+                    .clone()
+            } else {
+                raw.clone()
+            };
+            let len = frame.len() as u64;
+            let now = self.now.filter(|_| i < direct::PER_DELIVERY);
+            match conn.offer(frame, now) {
+                Offered::Queued => {
+                    delivery.delivered += 1;
+                    delivery.bytes += len;
+                }
+                Offered::SlowConsumer => delivery.slow_consumers += 1,
+                Offered::Dropped => {}
+            }
+        }
+        delivery
+    }
+}
+
+impl Drop for Recipients {
+    fn drop(&mut self) {
+        // The buffer goes back to its thread: a delivery allocates nothing in steady state.
+        let mut list = std::mem::take(&mut self.list);
+        list.clear();
+        RECIPIENTS.with(|cell| *cell.borrow_mut() = list);
+    }
 }

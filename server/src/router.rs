@@ -11,11 +11,13 @@ use std::time::Instant;
 use serde_json::Value;
 use tagcast::envelope::encode_message_frame;
 use tagcast::request::{parse_request, parse_value};
-use tagcast::{Error, MessageParser, ParseOptions, RequestId, Tags, WebSocketRequest};
+use tagcast::{Error, MessageParser, ParseOptions, RequestId, ServerFrame, Tags, WebSocketRequest};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::{AuthManager, Handshake};
 use crate::cluster::Bus;
+use crate::connection::Connection;
+use crate::history::{History, Limits};
 use crate::metrics::{Metrics, Transport};
 use crate::refusal::{Reason, Refusal};
 use crate::registry::{Delivery, Registry};
@@ -57,17 +59,80 @@ impl RateLimiter {
     }
 }
 
-/// Delivers routed requests to this node's connections and counts what it delivered.
+/// Delivers routed requests to this node's connections and counts what it delivered; with
+/// history on, positions and keeps them, and opens connections under the same sequencer.
 #[derive(Debug)]
 pub struct Fanout {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    history: Option<History>,
 }
 
+/// What a connection writes before anything else (envelope mode, history on): its `position`
+/// frame, then with `since` the replay and a `resumed` frame.
+pub type Greeting = Vec<Utf8Bytes>;
+
 impl Fanout {
-    /// Delivers into `registry`, counting in `metrics`.
-    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
-        Fanout { registry, metrics }
+    /// Delivers into `registry`, counting in `metrics`, keeping a history within `history`
+    /// (`None` or 0 requests: off).
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, history: Option<Limits>) -> Self {
+        let history = history.filter(|l| l.requests > 0).map(History::new);
+        Fanout {
+            registry,
+            metrics,
+            history,
+        }
+    }
+
+    /// The kept history, if it is on.
+    pub fn history(&self) -> Option<&History> {
+        self.history.as_ref()
+    }
+
+    /// Registers an admitted connection and returns its greeting. Under the sequencer, so that
+    /// every request routed after its cursor (or after `since`) reaches it exactly once: in the
+    /// replay, or live once the greeting is written. Returns `None` (and registers nothing)
+    /// during shutdown.
+    pub fn open(
+        &self,
+        conn: &Arc<Connection>,
+        tags: Tags,
+        since: Option<&str>,
+    ) -> Option<Greeting> {
+        let envelope = conn.envelope;
+        let Some(history) = self.history.as_ref().filter(|_| envelope) else {
+            let greeting = since.map(|_| {
+                let resumed = ServerFrame::Resumed {
+                    recovered: false,
+                    missed: 0,
+                };
+                vec![Utf8Bytes::from(resumed.to_json())]
+            });
+            return self
+                .registry
+                .register(conn.clone(), tags)
+                .then(|| greeting.unwrap_or_default());
+        };
+        let mut sequencer = history.lock();
+        let replay = since.map(|since| sequencer.replay(since, &tags));
+        if !self.registry.register(conn.clone(), tags) {
+            return None;
+        }
+        let position = ServerFrame::Position {
+            pos: sequencer.last_position(),
+        };
+        drop(sequencer);
+        let mut greeting = vec![Utf8Bytes::from(position.to_json())];
+        if let Some(replay) = replay {
+            let missed = replay.frames.len() as u64;
+            greeting.extend(replay.frames);
+            let resumed = ServerFrame::Resumed {
+                recovered: replay.recovered,
+                missed,
+            };
+            greeting.push(Utf8Bytes::from(resumed.to_json()));
+        }
+        Some(greeting)
     }
 
     /// The metrics it counts in (the bus reports its state there too).
@@ -80,9 +145,22 @@ impl Fanout {
     /// `message` frame built once.
     pub fn deliver(&self, tags: &Tags, tags_json: &str, payload_json: String) -> Delivery {
         let raw = Utf8Bytes::from(payload_json);
-        let delivery = self.registry.deliver(tags, &raw, || {
-            Utf8Bytes::from(encode_message_frame(&raw, tags_json))
-        });
+        let delivery = match &self.history {
+            None => self.registry.deliver(tags, &raw, || {
+                Utf8Bytes::from(encode_message_frame(&raw, tags_json, None))
+            }),
+            Some(history) => {
+                // Positioned, kept and offered under the sequencer: every connection receives
+                // positions in increasing order.
+                let mut sequencer = history.lock();
+                let pos = sequencer.next_position();
+                let frame = Utf8Bytes::from(encode_message_frame(&raw, tags_json, Some(&pos)));
+                sequencer.keep(tags.clone(), frame.clone());
+                let recipients = self.registry.recipients(tags);
+                let _turn = sequencer.offer_turn();
+                recipients.offer(&raw, || frame)
+            }
+        };
         self.metrics.record(&delivery);
         delivery
     }

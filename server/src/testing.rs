@@ -62,7 +62,7 @@ pub fn router(registry: &Arc<Registry>, auth: Arc<dyn AuthManager>, bus: Arc<dyn
         max_tags: 64,
         metrics: metrics.clone(),
         bus,
-        fanout: Arc::new(Fanout::new(registry.clone(), metrics)),
+        fanout: Arc::new(Fanout::new(registry.clone(), metrics, None)),
     }
 }
 

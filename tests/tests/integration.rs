@@ -8,6 +8,7 @@ mod it {
     mod cli;
     mod cluster;
     mod envelope;
+    mod history;
     mod hostile;
     mod http_api;
     mod lifecycle;

@@ -60,6 +60,9 @@ struct State {
     frames: VecDeque<Utf8Bytes>,
     /// The plain TCP socket, while frames may be written to it directly.
     direct: Option<SharedTcp>,
+    /// The socket, while the connection's task writes its greeting (position, replay): no
+    /// frame may go around it until [`Outbox::release`].
+    parked: Option<SharedTcp>,
 }
 
 /// A bounded multi-producer, single-consumer queue of text frames.
@@ -81,12 +84,41 @@ impl Outbox {
     /// An empty queue of at most `capacity` frames (nothing allocated yet); with `direct`,
     /// frames for an idle writer go straight into that socket.
     pub fn new(capacity: usize, direct: Option<SharedTcp>) -> Self {
-        Outbox {
-            last_offer: AtomicU64::new(0),
-            state: Mutex::new(State {
+        Self::with_state(
+            capacity,
+            State {
                 frames: VecDeque::new(),
                 direct,
-            }),
+                parked: None,
+            },
+        )
+    }
+
+    /// Like [`new`](Outbox::new), but every frame is queued until [`release`](Outbox::release):
+    /// the connection's task writes its greeting first.
+    pub fn held(capacity: usize, direct: Option<SharedTcp>) -> Self {
+        Self::with_state(
+            capacity,
+            State {
+                frames: VecDeque::new(),
+                direct: None,
+                parked: direct,
+            },
+        )
+    }
+
+    /// The greeting is written: frames may go straight into the socket from now on.
+    pub fn release(&self) {
+        let mut state = self.lock();
+        if let Some(socket) = state.parked.take() {
+            state.direct = Some(socket);
+        }
+    }
+
+    fn with_state(capacity: usize, state: State) -> Self {
+        Outbox {
+            last_offer: AtomicU64::new(0),
+            state: Mutex::new(state),
             capacity,
             in_writer: AtomicUsize::new(0),
             flush: AtomicBool::new(false),
@@ -173,7 +205,9 @@ impl Outbox {
 
     /// No more direct writes: the connection is closing, and its close frame must be last.
     pub fn stop_direct(&self) {
-        self.lock().direct = None;
+        let mut state = self.lock();
+        state.direct = None;
+        state.parked = None;
     }
 
     /// The writer is gone: later pushes answer `Closed` and what is queued is dropped.

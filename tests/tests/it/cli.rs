@@ -195,6 +195,23 @@ impl Serve {
     fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
     }
+
+    /// Waits until `/metrics` counts `n` open connections.
+    pub(super) async fn wait_connections(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let metrics = http_get(self.addr(), "/metrics", "").await.body;
+            let open = sample(&metrics, "tagcast_connections");
+            if open == n as f64 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} connections, the server has {open}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// The port of the `listening on 127.0.0.1:PORT` line.
@@ -441,7 +458,7 @@ async fn sigterm_closes_connections_with_1001_and_exits_0() {
     let mut server = serve(&[], &[]).await;
     let mut a = raw(&server.url()).await;
     let mut b = envelope(&server.url()).await;
-    // Both are registered once a message reaches both.
+    server.wait_connections(2).await;
     send_text(&mut b, r#"{"id":1,"message":"ready"}"#).await;
     assert_eq!(recv_text(&mut a).await, r#""ready""#);
 

@@ -68,7 +68,7 @@ async fn a_message_reaches_matching_clients_on_every_node_exactly_once() {
     );
     assert_eq!(recv_text(&mut c_en).await, r#""Hello""#);
     assert_eq!(
-        recv_json(&mut c_env).await,
+        recv_message(&mut c_env).await.0,
         json!({"type":"message","message":"Hello","tags":{"language":"EN"}})
     );
 }

@@ -23,7 +23,7 @@ async fn deliveries_carry_the_request_tags_and_acks_count_recipients() {
         json!({"type":"ack","id":7,"delivered":2})
     );
     assert_eq!(
-        recv_json(&mut env_fr).await,
+        recv_message(&mut env_fr).await.0,
         json!({"type":"message","message":"Bonjour","tags":{"language":"FR"}})
     );
     assert_eq!(recv_text(&mut raw_fr).await, r#""Bonjour""#);

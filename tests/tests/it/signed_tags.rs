@@ -67,6 +67,7 @@ async fn a_token_sets_the_tags_of_the_connection() {
     );
     let (mut other, response) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "tagcast.v1");
+    assert_eq!(recv_json(&mut other).await["type"], "position");
     server.wait_connections(2).await;
 
     let publish = format!(

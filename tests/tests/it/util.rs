@@ -117,8 +117,26 @@ pub async fn raw(url: &str) -> Ws {
         .0
 }
 
-/// Opens an envelope-mode connection (`tagcast.v1`).
+/// Opens an envelope-mode connection (`tagcast.v1`) and reads its first frame, the
+/// `position` frame (history on, the default).
 pub async fn envelope(url: &str) -> Ws {
+    envelope_at(url).await.0
+}
+
+/// Opens an envelope-mode connection and returns it with the position its first frame gives.
+pub async fn envelope_at(url: &str) -> (Ws, String) {
+    let mut ws = envelope_bare(url).await;
+    let first = recv_json(&mut ws).await;
+    assert_eq!(first["type"], "position", "the first frame: {first}");
+    let pos = first["pos"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no position in {first}"))
+        .to_owned();
+    (ws, pos)
+}
+
+/// Opens an envelope-mode connection and reads nothing.
+pub async fn envelope_bare(url: &str) -> Ws {
     let mut request = url.into_client_request().unwrap();
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
@@ -132,6 +150,19 @@ pub async fn envelope(url: &str) -> Ws {
         "tagcast.v1"
     );
     ws
+}
+
+/// Reads a `message` frame, checks that it carries a position, and returns it without the
+/// position (for comparisons) along with the position.
+pub async fn recv_message(ws: &mut Ws) -> (serde_json::Value, String) {
+    let mut frame = recv_json(ws).await;
+    assert_eq!(frame["type"], "message", "{frame}");
+    let pos = frame
+        .as_object_mut()
+        .and_then(|o| o.remove("pos"))
+        .and_then(|p| p.as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no position in {frame}"));
+    (frame, pos)
 }
 
 /// The HTTP status and body of a refused handshake.

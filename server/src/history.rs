@@ -1,0 +1,325 @@
+//! The kept history of routed requests, and positions (PROTOCOL.md §11).
+//!
+//! Every request this node routes gets a position, `<epoch>.<sequence>`: the epoch is drawn at
+//! random when the history starts, so a restarted node never takes an old position for one of
+//! its own; the sequence counts routed requests from 1. The history keeps the `message` frame
+//! of each request (with its position) and its tags, at most `--history` of them, at most
+//! `--history-bytes` bytes of frames, none older than `--history-ttl`; the oldest go first.
+//!
+//! The history's lock is also the node's sequencer: a request takes its position, is kept and
+//! collects its recipients under it, and a connection is registered (and its replay read)
+//! under it too; a delivery then takes its turn to offer before it lets the sequencer go. So
+//! every connection receives positions in increasing order, and a request routed while a
+//! connection resumes reaches it exactly once: in the replay (it was kept before the
+//! connection registered) or live (it collected the connection), never both.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tagcast::Tags;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Longest position the protocol allows.
+pub const MAX_POSITION_BYTES: usize = 64;
+
+/// The bounds of the kept history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most requests kept (`--history`); 0 turns the history off.
+    pub requests: usize,
+    /// Most bytes of kept frames (`--history-bytes`).
+    pub bytes: usize,
+    /// Oldest kept request (`--history-ttl`).
+    pub ttl: Duration,
+}
+
+/// A `since` that is not a position at all (HTTP 400 at the handshake).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'since' must be a position: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -")]
+pub struct MalformedPosition;
+
+/// Checks that `since` is well-formed (any history's position is).
+pub fn check_position(since: &str) -> Result<(), MalformedPosition> {
+    let ok = !since.is_empty()
+        && since.len() <= MAX_POSITION_BYTES
+        && since
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'));
+    ok.then_some(()).ok_or(MalformedPosition)
+}
+
+#[derive(Debug)]
+struct Entry {
+    sequence: u64,
+    at: Instant,
+    tags: Tags,
+    /// The `message` frame, with its position.
+    frame: Utf8Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    /// The sequence of the last routed request (0: none yet).
+    last: u64,
+    /// The highest sequence that fell out of the history (0: none).
+    evicted_through: u64,
+}
+
+impl Ring {
+    fn evict(&mut self, limits: &Limits, now: Instant) {
+        while let Some(oldest) = self.entries.front() {
+            let expired = now.duration_since(oldest.at) >= limits.ttl;
+            if !expired && self.entries.len() <= limits.requests && self.bytes <= limits.bytes {
+                break;
+            }
+            let gone = self.entries.pop_front().expect("a front entry");
+            self.bytes -= gone.frame.len();
+            self.evicted_through = gone.sequence;
+        }
+    }
+}
+
+/// What a connection that resumes gets: the kept requests it missed, and whether that is all.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// The `message` frames, oldest first.
+    pub frames: Vec<Utf8Bytes>,
+    /// Whether no request after `since` is missing from them.
+    pub recovered: bool,
+}
+
+/// The kept history of a node; its lock is the node's sequencer.
+#[derive(Debug)]
+pub struct History {
+    epoch: String,
+    limits: Limits,
+    ring: Mutex<Ring>,
+    /// Taken by a delivery before it lets the sequencer go, and held while it offers: so
+    /// deliveries offer in position order, while opens wait only for the sequencer.
+    offers: Mutex<()>,
+}
+
+/// The sequencer, held while a request is positioned, kept and offered, or while a connection
+/// is registered and its replay read.
+#[derive(Debug)]
+pub struct Sequencer<'a> {
+    history: &'a History,
+    ring: MutexGuard<'a, Ring>,
+}
+
+impl History {
+    /// An empty history with a fresh random epoch.
+    pub fn new(limits: Limits) -> Self {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        Self::with_epoch(limits, base36(random ^ nanos.rotate_left(32)))
+    }
+
+    /// An empty history with the given epoch (tests).
+    pub fn with_epoch(limits: Limits, epoch: String) -> Self {
+        History {
+            epoch,
+            limits,
+            ring: Mutex::new(Ring::default()),
+            offers: Mutex::new(()),
+        }
+    }
+
+    /// Takes the sequencer.
+    pub fn lock(&self) -> Sequencer<'_> {
+        Sequencer {
+            history: self,
+            ring: self.ring.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// How many requests and bytes of frames are kept now.
+    pub fn size(&self) -> (usize, usize) {
+        let mut ring = self.lock().ring;
+        ring.evict(&self.limits, Instant::now());
+        (ring.entries.len(), ring.bytes)
+    }
+
+    fn position(&self, sequence: u64) -> String {
+        format!("{}.{sequence}", self.epoch)
+    }
+
+    /// The sequence of one of this history's positions; `None` for another history's.
+    fn sequence_of(&self, position: &str) -> Option<u64> {
+        let (epoch, sequence) = position.split_once('.')?;
+        if epoch != self.epoch {
+            return None;
+        }
+        sequence.parse().ok()
+    }
+}
+
+impl<'a> Sequencer<'a> {
+    /// Lets the sequencer go, holding the turn to offer instead: deliveries offer in the order
+    /// of their positions, and connections may open meanwhile.
+    pub fn offer_turn(self) -> MutexGuard<'a, ()> {
+        let turn = self
+            .history
+            .offers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        drop(self.ring);
+        turn
+    }
+
+    /// The position the next routed request takes.
+    pub fn next_position(&self) -> String {
+        self.history.position(self.ring.last + 1)
+    }
+
+    /// Keeps the request that took [`next_position`](Sequencer::next_position): its tags and
+    /// its `message` frame.
+    pub fn keep(&mut self, tags: Tags, frame: Utf8Bytes) {
+        let now = Instant::now();
+        let ring = &mut *self.ring;
+        ring.last += 1;
+        ring.bytes += frame.len();
+        ring.entries.push_back(Entry {
+            sequence: ring.last,
+            at: now,
+            tags,
+            frame,
+        });
+        ring.evict(&self.history.limits, now);
+    }
+
+    /// The position of the last routed request (the cursor of a fresh connection).
+    pub fn last_position(&self) -> String {
+        self.history.position(self.ring.last)
+    }
+
+    /// The kept requests after `since` that a connection with `tags` would have received.
+    /// A position of another history (an earlier epoch) replays everything kept, unrecovered.
+    pub fn replay(&mut self, since: &str, tags: &Tags) -> Replay {
+        self.ring.evict(&self.history.limits, Instant::now());
+        let ring = &*self.ring;
+        let (after, recovered) = match self.history.sequence_of(since) {
+            Some(s) if s <= ring.last => (s, s >= ring.evicted_through),
+            _ => (0, false),
+        };
+        let frames = ring
+            .entries
+            .iter()
+            .filter(|e| e.sequence > after && tags.contains_all(&e.tags))
+            .map(|e| e.frame.clone())
+            .collect();
+        Replay { frames, recovered }
+    }
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ASCII digits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(requests: usize) -> Limits {
+        Limits {
+            requests,
+            bytes: usize::MAX,
+            ttl: Duration::from_secs(300),
+        }
+    }
+
+    fn route(history: &History, tags: Tags, text: &str) -> String {
+        let mut s = history.lock();
+        let pos = s.next_position();
+        s.keep(tags, Utf8Bytes::from(format!("{text}@{pos}")));
+        pos
+    }
+
+    #[test]
+    fn positions_are_well_formed_and_new_per_history() {
+        let a = History::new(limits(10));
+        let b = History::new(limits(10));
+        let pos = route(&a, Tags::new(), "x");
+        check_position(&pos).unwrap();
+        assert_ne!(a.epoch, b.epoch);
+        assert!(check_position("").is_err());
+        assert!(check_position("a b").is_err());
+        assert!(check_position(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn replay_matches_tags_and_says_whether_it_is_whole() {
+        let h = History::with_epoch(limits(3), "e".into());
+        let start = h.lock().last_position();
+        assert_eq!(start, "e.0");
+        route(&h, Tags::new().with("room", 1), "a");
+        let after_a = route(&h, Tags::new().with("room", 2), "b");
+        route(&h, Tags::new(), "c");
+        let room1 = Tags::new().with("room", 1).with("user", 7);
+        let r = h.lock().replay(&start, &room1);
+        assert!(r.recovered);
+        assert_eq!(r.frames, ["a@e.1", "c@e.3"]);
+        let r = h.lock().replay(&after_a, &room1);
+        assert_eq!((r.recovered, r.frames.len()), (true, 1));
+        // A fourth request pushes the first out: resuming from before it is not recovered.
+        route(&h, Tags::new(), "d");
+        let r = h.lock().replay(&start, &room1);
+        assert!(!r.recovered);
+        assert_eq!(r.frames, ["c@e.3", "d@e.4"]);
+        assert!(h.lock().replay(&after_a, &room1).recovered);
+        // Another history's position: everything kept, not recovered.
+        let r = h.lock().replay("other.2", &room1);
+        assert_eq!((r.recovered, r.frames.len()), (false, 2));
+        // A position this history never gave.
+        assert!(!h.lock().replay("e.99", &room1).recovered);
+    }
+
+    #[test]
+    fn bytes_and_age_bound_the_history() {
+        let h = History::with_epoch(
+            Limits {
+                requests: 100,
+                bytes: 20,
+                ttl: Duration::from_secs(300),
+            },
+            "e".into(),
+        );
+        for i in 0..10 {
+            route(&h, Tags::new(), &format!("{i}"));
+        }
+        let (count, bytes) = h.size();
+        assert!(bytes <= 20 && count == 3, "{count} requests, {bytes} bytes");
+        let h = History::with_epoch(
+            Limits {
+                requests: 100,
+                bytes: 1000,
+                ttl: Duration::ZERO,
+            },
+            "e".into(),
+        );
+        let start = h.lock().last_position();
+        route(&h, Tags::new(), "old");
+        let r = h.lock().replay(&start, &Tags::new());
+        assert!(!r.recovered && r.frames.is_empty());
+        assert_eq!(h.size(), (0, 0));
+    }
+}
