@@ -36,11 +36,11 @@ def free_port():
 class Server:
     """A server process on a free port, stopped on exit."""
 
-    def __init__(self, kind):
+    def __init__(self, kind, extra=()):
         self.kind = kind
         self.port = free_port()
         if kind == "tagcast":
-            cmd = [TAGCAST, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+            cmd = [TAGCAST, "serve", "--host", "127.0.0.1", "--port", str(self.port), *extra]
         else:
             cmd = ["node", BASELINE, "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -77,8 +77,8 @@ def bench(server, scenario, *args):
     return result
 
 
-def run(kind, scenario, *args):
-    with Server(kind) as server:
+def run(kind, scenario, *args, serve=()):
+    with Server(kind, serve) as server:
         return bench(server, scenario, *args)
 
 
@@ -119,6 +119,17 @@ def main():
     # 5. Handshakes per second with 64 concurrent connectors.
     for s in servers:
         r[("connect", s)] = run(s, "connect", "--connections", 10000 // q, "--connectors", 64)
+    # 5b. Handshakes per second during a burst fan-out (1,000 subscribers, one publisher
+    # without pause): opens must not wait for deliveries.
+    r[("connect-burst", "tagcast")] = run("tagcast", "connect", "--connections", 10000 // q,
+                                          "--connectors", 64, "--burst-subscribers", 1000)
+    # History off, for what the default history costs in scenarios 2 and 3.
+    r[("burst-nohistory", "tagcast")] = run("tagcast", "fanout", "--subscribers", 1000, "--groups", 1,
+                                            "--payload", 64, "--in-flight", 16, "--messages", 3000 // q,
+                                            serve=["--history", "0"])
+    r[("nobatch-nohistory", "tagcast")] = run("tagcast", "fanout", "--subscribers", 10000 // q,
+                                              "--groups", 100, "--in-flight", 1, "--messages", 3000 // q,
+                                              serve=["--history", "0"])
     # 6. Slow consumers: 1% of 1,000 subscribers never read (with 4 KiB receive buffers), with
     # enough data (8 MB each) to overflow their queues; the same run without them to compare.
     r[("slow", "tagcast")] = run("tagcast", "slow", "--subscribers", 1000, "--groups", 1, "--in-flight", 16,
@@ -160,6 +171,15 @@ def main():
     keep = r[("slow", t)]["deliveries_per_sec"] / r[("burst1k", t)]["deliveries_per_sec"]
     check("6 slow consumers: others keep >= 90%", keep >= 0.9,
           f"{keep:.2f} of the throughput without slow ones; {r[('slow', t)]['slow_disconnected']}/{r[('slow', t)]['slow_subscribers']} slow ones disconnected; RSS {r[('slow', t)]['server_rss_kib']} KiB")
+    ratio = r[("connect-burst", t)]["connects_per_sec"] / r[("connect", t)]["connects_per_sec"]
+    check("8 handshakes/s during a burst fan-out >= 0.5x of without", ratio >= 0.5,
+          f"{ratio:.2f}x ({r[('connect-burst', t)]['connects_per_sec']:.0f} vs {r[('connect', t)]['connects_per_sec']:.0f}/s, "
+          f"{r[('connect-burst', t)]['burst_deliveries_per_sec']:.0f} deliveries/s beside them)")
+    for name, on, off in (("2", "burst", "burst-nohistory"), ("3", "nobatch", "nobatch-nohistory")):
+        ratio = r[(on, t)]["deliveries_per_sec"] / r[(off, t)]["deliveries_per_sec"]
+        cpu = r[(on, t)]["server_cpu_us_per_delivery"] / r[(off, t)]["server_cpu_us_per_delivery"]
+        check(f"9 scenario {name} with the default history >= 0.9x of --history 0", ratio >= 0.9,
+              f"{ratio:.2f}x throughput, {cpu:.2f}x CPU per delivery")
     lost = sum(v.get("lost", 0) + v.get("reordered", 0) + v.get("duplicates", 0) for (k, s), v in r.items() if s == t and k != "slow")
     check("no loss or reordering (tagcast)", lost == 0, f"{lost} lost/reordered/duplicated")
     print("\n".join(lines))

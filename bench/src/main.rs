@@ -154,6 +154,57 @@ struct ConnectArgs {
     /// Concurrent connectors.
     #[arg(long, default_value_t = 64)]
     connectors: usize,
+    /// Measure during a burst fan-out: this many subscribers (one group) receive what one
+    /// publisher sends without pause while the handshakes run (0: no load).
+    #[arg(long, default_value_t = 0)]
+    burst_subscribers: usize,
+}
+
+/// A publisher sending to every `{"g":0}` subscriber without pause, and subscribers counting
+/// what they receive, until stopped: the load beside `connect --burst-subscribers`.
+async fn burst_load(
+    c: &Common,
+    subscribers: usize,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<u64>>> {
+    let urls = (0..subscribers)
+        .map(|_| url_with_tags(&c.url, &json!({ "g": 0 })))
+        .collect();
+    let mut tasks = Vec::new();
+    for mut ws in open_all(urls, c.concurrency).await? {
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut received = 0u64;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    frame = ws.next() => match frame {
+                        Some(Ok(Message::Text(_))) => received += 1,
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                }
+            }
+            received
+        }));
+    }
+    let mut publisher = open(&c.url).await?;
+    let mut stop = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        let request = Message::text(r#"{"message":"burst","tags":{"g":0}}"#);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                sent = publisher.send(request.clone()) => if sent.is_err() { break },
+            }
+        }
+        0
+    }));
+    // Let the burst reach its pace before the handshakes start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(tasks)
 }
 
 #[tokio::main]
@@ -617,6 +668,12 @@ async fn idle(args: &IdleArgs) -> anyhow::Result<serde_json::Value> {
 
 async fn connect_rate(args: &ConnectArgs) -> anyhow::Result<serde_json::Value> {
     let c = &args.common;
+    let (stop_load, load_stop) = watch::channel(false);
+    let load = if args.burst_subscribers > 0 {
+        burst_load(c, args.burst_subscribers, load_stop).await?
+    } else {
+        Vec::new()
+    };
     let next = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(0));
     let before = process_stats(c.server_pid);
@@ -652,11 +709,18 @@ async fn connect_rate(args: &ConnectArgs) -> anyhow::Result<serde_json::Value> {
     let elapsed = start.elapsed().as_secs_f64();
     let after = process_stats(c.server_pid);
     let failed = failures.load(Ordering::Relaxed);
+    let _ = stop_load.send(true);
+    let mut burst_deliveries = 0;
+    for task in load {
+        burst_deliveries += task.await?;
+    }
     Ok(json!({
         "scenario": "connect",
         "server": c.server,
         "connections": args.connections,
         "connectors": args.connectors,
+        "burst_subscribers": args.burst_subscribers,
+        "burst_deliveries_per_sec": (burst_deliveries as f64 / elapsed).round(),
         "failed": failed,
         "elapsed_secs": round(elapsed),
         "connects_per_sec": ((args.connections - failed) as f64 / elapsed).round(),
