@@ -107,6 +107,18 @@ pub enum ServerFrame {
         /// How many requests were replayed.
         missed: u64,
     },
+    /// The connection's tags changed (PROTOCOL.md §13): requests routed after this frame are
+    /// matched against these tags, those before it against the old ones.
+    Tags {
+        /// The id of the client's `retag` command; absent when the server's API retagged it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The connection's tags from now on.
+        tags: Tags,
+        /// The position of the last request routed before the change (history on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pos: Option<String>,
+    },
     /// A refused request; the connection stays open.
     Error {
         /// The request's id, or `null` when the frame had none.

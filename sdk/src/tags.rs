@@ -282,6 +282,11 @@ impl Tags {
         Ok(())
     }
 
+    /// Removes the tag `name`, returning its value if it had one.
+    pub fn remove(&mut self, name: &str) -> Option<TagValue> {
+        self.position(name).ok().map(|i| self.0.remove(i).1)
+    }
+
     /// Adds one tag and returns the set, for building tags in one expression.
     ///
     /// # Panics

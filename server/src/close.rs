@@ -19,6 +19,8 @@ pub const INVALID_PAYLOAD: u16 = 1007;
 pub const POLICY_VIOLATION: u16 = 1008;
 /// A message over `--max-message-bytes`.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// Closed by the server API (`POST /disconnect`).
+pub const DISCONNECTED: u16 = 4001;
 /// The server cannot serve right now (cluster bus down).
 pub const TRY_AGAIN_LATER: u16 = 1013;
 

@@ -72,6 +72,8 @@ pub struct Config {
     pub history_bytes: usize,
     /// Oldest kept request (`--history-ttl`).
     pub history_ttl: std::time::Duration,
+    /// The secret of the server API (`--api-key`); `None` turns the API off.
+    pub api_key: Option<crate::api::ApiKey>,
 }
 
 /// Default `--handshake-timeout`.
@@ -130,6 +132,7 @@ impl Default for Config {
             history: DEFAULT_HISTORY,
             history_bytes: DEFAULT_HISTORY_BYTES,
             history_ttl: DEFAULT_HISTORY_TTL,
+            api_key: None,
         }
     }
 }
@@ -176,6 +179,11 @@ impl Config {
         if self.rate_limit == Some(0) {
             return Err(ConfigError::Invalid(
                 "--rate-limit must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        if self.api_key.as_ref().is_some_and(|k| k.0.trim().is_empty()) {
+            return Err(ConfigError::Invalid(
+                "--api-key must not be empty (leave it out to turn the server API off)".into(),
             ));
         }
         if self.max_connections == Some(0) {

@@ -221,6 +221,49 @@ impl<'a> Sequencer<'a> {
     }
 }
 
+/// A page of the history for `GET /history`.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The kept `message` frames, oldest first.
+    pub frames: Vec<Utf8Bytes>,
+    /// Whether no request after `since` (or since the history began) is missing.
+    pub recovered: bool,
+    /// The position to pass as `since` for more: the last frame's, or the latest.
+    pub pos: String,
+}
+
+impl Sequencer<'_> {
+    /// At most `limit` kept requests after `since` (all kept without it) that a connection
+    /// with `tags` would have received.
+    pub fn page(&mut self, since: Option<&str>, tags: &Tags, limit: usize) -> Page {
+        self.ring.evict(&self.history.limits, Instant::now());
+        let ring = &*self.ring;
+        let (after, recovered) = match since.map(|s| self.history.sequence_of(s)) {
+            None => (0, ring.evicted_through == 0),
+            Some(Some(s)) if s <= ring.last => (s, s >= ring.evicted_through),
+            Some(_) => (0, false),
+        };
+        let mut last = ring.last;
+        let mut frames = Vec::new();
+        for entry in ring
+            .entries
+            .iter()
+            .filter(|e| e.sequence > after && tags.contains_all(&e.tags))
+        {
+            if frames.len() == limit {
+                break;
+            }
+            frames.push(entry.frame.clone());
+            last = entry.sequence;
+        }
+        Page {
+            frames,
+            recovered,
+            pos: self.history.position(last),
+        }
+    }
+}
+
 fn base36(mut n: u64) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();

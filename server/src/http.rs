@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tower::ServiceExt;
 
+use crate::api;
 use crate::auth::Handshake;
 use crate::close::Closer;
 use crate::cluster::Bus;
@@ -71,6 +72,10 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/publish", post(publish))
+        .route("/presence", get(presence))
+        .route("/disconnect", post(disconnect))
+        .route("/retag", post(retag))
+        .route("/history", get(history))
         .fallback(websocket_or_426)
         .with_state(state)
 }
@@ -151,6 +156,15 @@ async fn publish(
             );
         }
     };
+    let trusted = state.config.api_key.as_ref().is_some_and(|key| {
+        api::bearer_matches(
+            parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            key,
+        )
+    });
     let handshake = Handshake {
         peer,
         query: parts.uri.query().map(parse_query).unwrap_or_default(),
@@ -161,13 +175,13 @@ async fn publish(
             // One after the other: the requests of a batch keep their order everywhere.
             let mut results = Vec::with_capacity(requests.len());
             for request in requests {
-                let (id, result) = state.router.route_value(request, &handshake).await;
+                let (id, result) = state.router.route_value(request, &handshake, trusted).await;
                 results.push(answer(id, &result));
             }
             Json(json!({ "results": results })).into_response()
         }
         single => {
-            let (id, result) = state.router.route_value(single, &handshake).await;
+            let (id, result) = state.router.route_value(single, &handshake, trusted).await;
             let status = match &result {
                 Ok(_) => StatusCode::OK,
                 Err(refusal) => status(refusal.reason.http_status()),
@@ -175,6 +189,71 @@ async fn publish(
             (status, Json(answer(id, &result))).into_response()
         }
     }
+}
+
+fn api(state: &AppState) -> api::Api<'_> {
+    api::Api {
+        key: state.config.api_key.as_ref(),
+        registry: &state.registry,
+        fanout: &state.router.fanout,
+        max_tags: state.config.max_tags,
+        clustered: state.config.redis.is_some(),
+    }
+}
+
+/// Answers a server API request: checks the key, then runs `endpoint`.
+fn api_answer(
+    state: &AppState,
+    name: &'static str,
+    headers: &axum::http::HeaderMap,
+    endpoint: impl FnOnce(&api::Api<'_>) -> api::Answer,
+) -> Response {
+    let api = api(state);
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let answer = match api.authorize(authorization) {
+        Ok(()) => endpoint(&api),
+        Err(refused) => refused,
+    };
+    state.metrics.api_request(name, answer.status);
+    (status(answer.status), Json(answer.body)).into_response()
+}
+
+async fn presence(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let query = request.uri().query().map(str::to_owned);
+    api_answer(&state, "presence", request.headers(), |api| {
+        api.presence(query.as_deref())
+    })
+}
+
+async fn history(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let query = request.uri().query().map(str::to_owned);
+    api_answer(&state, "history", request.headers(), |api| {
+        api.history(query.as_deref())
+    })
+}
+
+async fn disconnect(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, state.config.max_message_bytes).await else {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is over --max-message-bytes",
+        );
+    };
+    api_answer(&state, "disconnect", &parts.headers, |api| {
+        api.disconnect(&body)
+    })
+}
+
+async fn retag(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, state.config.max_message_bytes).await else {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is over --max-message-bytes",
+        );
+    };
+    api_answer(&state, "retag", &parts.headers, |api| api.retag(&body))
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {

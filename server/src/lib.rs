@@ -14,6 +14,7 @@
 //!
 //! [`Server::builder`] is the entry point.
 
+pub mod api;
 pub mod auth;
 pub mod close;
 pub mod cluster;

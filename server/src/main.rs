@@ -142,6 +142,15 @@ struct ServeArgs {
         default_value_t = 300
     )]
     history_ttl: u64,
+    /// Turns the server API on (/presence, /disconnect, /retag, /history): requests carry
+    /// `Authorization: Bearer SECRET`; with --auth, /publish with it needs no metadata key.
+    #[arg(
+        long,
+        env = "TAGCAST_API_KEY",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
     /// Write a frame straight into a quiet recipient's socket instead of waking its task (plain
     /// TCP only); false queues every frame (for debugging, and to compare both paths).
     #[arg(long, env = "TAGCAST_DIRECT_WRITES", default_value = "true", value_name = "true|false",
@@ -200,6 +209,7 @@ impl ServeArgs {
             rate_limit: self.rate_limit,
             signed_tags: self.signed_tags,
             direct_writes: self.direct_writes,
+            api_key: self.api_key.map(tagcast_server::api::ApiKey),
             history: self.history,
             history_bytes: self.history_bytes,
             history_ttl: std::time::Duration::from_secs(self.history_ttl),

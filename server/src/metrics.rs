@@ -46,6 +46,9 @@ pub struct Metrics {
     pub bus_up: Gauge,
     /// Reconnections to Redis after it went away.
     pub bus_reconnects: Counter,
+    /// Connections whose tags the server API or a client changed.
+    pub retags: Counter,
+    api: Family<Labels, Counter>,
     /// Requests kept in the history (set at each scrape).
     pub history_requests: Gauge,
     /// Bytes of the frames kept in the history (set at each scrape).
@@ -150,6 +153,18 @@ impl Metrics {
             bus_reconnects.clone(),
         );
 
+        let retags = Counter::default();
+        registry.register(
+            "retags",
+            "Connections whose tags were changed (POST /retag, retag commands)",
+            retags.clone(),
+        );
+        let api = Family::<Labels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Server API requests, by endpoint and HTTP status",
+            api.clone(),
+        );
         let history_requests = Gauge::default();
         registry.register(
             "history_requests",
@@ -165,6 +180,8 @@ impl Metrics {
 
         Metrics {
             registry,
+            retags,
+            api,
             history_requests,
             history_bytes,
             bus_up,
@@ -204,6 +221,20 @@ impl Metrics {
     /// Counts a refused request.
     pub fn rejected(&self, why: Reason) {
         self.rejected[why.index()].inc();
+    }
+
+    /// Counts a server API request by endpoint (`/presence`, ...) and HTTP status.
+    pub fn api_request(&self, endpoint: &'static str, status: u16) {
+        let status: &'static str = match status {
+            200 => "200",
+            400 => "400",
+            401 => "401",
+            403 => "403",
+            _ => "other",
+        };
+        self.api
+            .get_or_create(&vec![("endpoint", endpoint), ("status", status)])
+            .inc();
     }
 
     /// Counts a refused handshake by its status.

@@ -61,6 +61,17 @@ pub struct Delivery {
     pub bytes: u64,
 }
 
+/// The answer of [`Registry::presence`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Matching connections.
+    pub connections: u64,
+    /// With `by`: matching connections per value of that tag.
+    pub values: std::collections::BTreeMap<String, u64>,
+    /// Whether values were left out past the limit.
+    pub truncated: bool,
+}
+
 /// A connection in the index, removed from it (and its slot released) when dropped, however
 /// the connection's task ends.
 #[derive(Debug)]
@@ -173,6 +184,54 @@ impl Registry {
             list,
             now: self.direct.now(),
         }
+    }
+
+    /// How many connections have tags containing `tags`, and with `by`, how many of those per
+    /// value of the tag `by` (integers as their decimal text), at most `max_values` values.
+    pub fn presence(&self, tags: &Tags, by: Option<&str>, max_values: usize) -> Presence {
+        let index = self.read();
+        let mut presence = Presence::default();
+        index.for_each_match(tags, |key| {
+            presence.connections += 1;
+            let Some(name) = by else {
+                return;
+            };
+            let Some(value) = index.tags_of(key).and_then(|own| own.get(name)) else {
+                return;
+            };
+            let value = value.canonical();
+            let known = presence.values.len();
+            match presence.values.get_mut(value.as_ref()) {
+                Some(n) => *n += 1,
+                None if known < max_values => {
+                    presence.values.insert(value.into_owned(), 1);
+                }
+                None => presence.truncated = true,
+            }
+        });
+        presence
+    }
+
+    /// The open connections whose tags contain `tags`, with their tags.
+    pub fn matching(&self, tags: &Tags) -> Vec<(Arc<Connection>, Tags)> {
+        let index = self.read();
+        let mut found = Vec::new();
+        index.for_each_match(tags, |key| {
+            let own = index.tags_of(key).cloned().unwrap_or_default();
+            found.push((key.0.clone(), own));
+        });
+        found
+    }
+
+    /// Replaces the tags of `conn` (if it is still open).
+    pub fn retag(&self, conn: &Arc<Connection>, tags: Tags) -> bool {
+        let mut index = self.write();
+        let key = Key(conn.clone());
+        if index.delete(&key).is_none() {
+            return false;
+        }
+        index.add(key, tags);
+        true
     }
 
     /// Closes every connection with 1001 and refuses new ones: the start of a shutdown.

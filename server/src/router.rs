@@ -16,8 +16,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::{AuthManager, Handshake};
 use crate::cluster::Bus;
-use crate::connection::Connection;
-use crate::history::{History, Limits};
+use crate::connection::{Connection, Offered};
+use crate::history::{History, Limits, Sequencer};
 use crate::metrics::{Metrics, Transport};
 use crate::refusal::{Reason, Refusal};
 use crate::registry::{Delivery, Registry};
@@ -66,6 +66,15 @@ pub struct Fanout {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     history: Option<History>,
+}
+
+/// The answer of [`Fanout::retag`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retagged {
+    /// Connections whose tags changed.
+    pub retagged: u64,
+    /// Matching connections left unchanged because their new tags would break the rules.
+    pub refused: u64,
 }
 
 /// What a connection writes before anything else (envelope mode, history on): its `position`
@@ -138,6 +147,52 @@ impl Fanout {
     /// The metrics it counts in (the bus reports its state there too).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Changes the tags of every connection whose tags contain `tags`: the pairs of `set` added
+    /// or replaced, the names of `unset` removed. A result over `max_tags` leaves that connection
+    /// as it was. Each retagged envelope connection gets a `tags` frame; requests routed after
+    /// this returns are matched against the new tags.
+    pub fn retag(&self, tags: &Tags, set: &Tags, unset: &[String], max_tags: usize) -> Retagged {
+        let mut sequencer = self.history.as_ref().map(History::lock);
+        let pos = sequencer.as_ref().map(|s| s.last_position());
+        let mut retagged = Retagged::default();
+        let mut frames = Vec::new();
+        for (conn, own) in self.registry.matching(tags) {
+            let mut new = own;
+            for (name, value) in set.iter() {
+                let _ = new.insert(name, value.clone());
+            }
+            for name in unset {
+                new.remove(name);
+            }
+            if new.check_count(max_tags).is_err() {
+                retagged.refused += 1;
+                continue;
+            }
+            if !self.registry.retag(&conn, new.clone()) {
+                continue; // closed meanwhile
+            }
+            retagged.retagged += 1;
+            if conn.envelope {
+                let frame = ServerFrame::Tags {
+                    id: None,
+                    tags: new,
+                    pos: pos.clone(),
+                };
+                frames.push((conn, Utf8Bytes::from(frame.to_json())));
+            }
+        }
+        // Offered in turn with deliveries, so a connection gets the frame between the requests
+        // matched against its old tags and those matched against the new ones.
+        let _turn = sequencer.take().map(Sequencer::offer_turn);
+        for (conn, frame) in frames {
+            if conn.offer(frame, None) == Offered::SlowConsumer {
+                self.metrics.slow_consumers.inc();
+            }
+        }
+        self.metrics.retags.inc_by(retagged.retagged);
+        retagged
     }
 
     /// Delivers one routed request (its tags, and its payload as JSON text) to every matching
@@ -214,7 +269,7 @@ impl Router {
             return (id.flatten(), Err(refusal));
         }
         let (id, parsed) = parse_request(text, &self.options(envelope));
-        let result = self.finish(parsed, handshake, started).await;
+        let result = self.finish(parsed, handshake, false, started).await;
         (if envelope { id } else { None }, result)
     }
 
@@ -242,12 +297,13 @@ impl Router {
         Ok(())
     }
 
-    /// Handles one request of `POST /publish` (already parsed as JSON; `id` allowed).
-    pub async fn route_value(&self, value: Value, handshake: &Handshake) -> Routed {
+    /// Handles one request of `POST /publish` (already parsed as JSON; `id` allowed);
+    /// `trusted` (the server API's key came with it) skips the send authorization.
+    pub async fn route_value(&self, value: Value, handshake: &Handshake, trusted: bool) -> Routed {
         let started = Instant::now();
         self.metrics.received(Transport::Http);
         let (id, parsed) = parse_value(value, &self.options(true));
-        (id, self.finish(parsed, handshake, started).await)
+        (id, self.finish(parsed, handshake, trusted, started).await)
     }
 
     fn options(&self, allow_id: bool) -> ParseOptions {
@@ -261,9 +317,11 @@ impl Router {
         &self,
         parsed: Result<WebSocketRequest, Error>,
         handshake: &Handshake,
+        trusted: bool,
         started: Instant,
     ) -> Result<u64, Refusal> {
         let result = match parsed {
+            Ok(request) if trusted => self.deliver(request).await,
             Ok(request) => self.route(request, handshake).await,
             Err(e) => Err(bad_request(&e)),
         };
@@ -287,6 +345,11 @@ impl Router {
         if let Err(denied) = self.auth.authorize_send(handshake, &request) {
             return Err(Refusal::new(Reason::Unauthorized, denied.0));
         }
+        self.deliver(request).await
+    }
+
+    /// Parses the message of an authorized request, puts it on the bus and delivers it.
+    async fn deliver(&self, request: WebSocketRequest) -> Result<u64, Refusal> {
         let (message, tags, _metadata) = request.into_parts();
         let message = self.parser.parse(message).map_err(|e| bad_request(&e))?;
         let payload = encode(&message);

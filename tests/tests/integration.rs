@@ -4,6 +4,8 @@
 mod it {
     pub mod util;
 
+    mod api;
+
     mod auth;
     mod cli;
     mod cluster;

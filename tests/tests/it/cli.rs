@@ -478,11 +478,32 @@ async fn secrets_never_reach_the_log() {
             auth.to_str().unwrap(),
             "--authorize-open",
             "false",
+            "--api-key",
+            API_KEY,
         ],
         &[("RUST_LOG", "trace")],
     )
     .await;
     let base = server.url();
+
+    // The API key, right and wrong, on /publish and the API.
+    let bearer = format!("Authorization: Bearer {API_KEY}\r\n");
+    let answer = http_request(
+        server.addr(),
+        "POST",
+        "/publish",
+        &bearer,
+        br#"{"message":"x"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = http_get(server.addr(), "/presence", &bearer).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let wrong = format!("Authorization: Bearer {API_KEY}x\r\n");
+    assert_eq!(
+        http_get(server.addr(), "/presence", &wrong).await.status,
+        401
+    );
 
     // Opening with the key and secret in the query; sending with them in metadata.
     let mut client = raw(&format!(
@@ -528,7 +549,10 @@ async fn secrets_never_reach_the_log() {
     );
     assert!(!log.contains(SECRET2), "SECRET2 in the log:\n{log}");
     assert!(!log.contains(SECRET1), "SECRET1 in the log:\n{log}");
+    assert!(!log.contains(API_KEY), "the API key in the log:\n{log}");
 }
+
+const API_KEY: &str = "k3y-0f-the-server-api-9f8e7d";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_exits_2_naming_it() {
