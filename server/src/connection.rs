@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tagcast::ServerFrame;
+use tagcast::{ServerFrame, Tags};
 use tokio::time::timeout_at;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -44,9 +44,22 @@ pub struct Connection {
     /// What it showed at the handshake, kept only for auth managers whose `authorize_send`
     /// reads it (`AuthManager::keeps_handshake`).
     pub handshake: Option<Box<Handshake>>,
+    /// With `--signed-tags`: the tags of its latest token, which bound its retag commands.
+    pub granted: std::sync::Mutex<Option<Box<Tags>>>,
 }
 
 impl Connection {
+    /// The tags its latest signed-tags token grants.
+    pub fn granted(&self) -> Option<Tags> {
+        let granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        granted.as_deref().cloned()
+    }
+
+    /// Records the tags of a newer token.
+    pub fn set_granted(&self, tags: Tags) {
+        *self.granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(tags));
+    }
+
     /// The handshake `authorize_send` sees: the kept one, or the peer address alone.
     pub fn handshake(&self) -> std::borrow::Cow<'_, Handshake> {
         match &self.handshake {
@@ -302,15 +315,14 @@ where
 
 async fn handle_text(
     text: &str,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     router: &Router,
     limiter: Option<&mut RateLimiter>,
 ) {
-    let (id, result) = router
-        .route_text(text, conn.envelope, &conn.handshake(), limiter)
-        .await;
+    let (id, result) = router.route_text(text, conn, limiter).await;
     match result {
-        Ok(delivered) => {
+        Ok(None) => {} // a command that answered itself
+        Ok(Some(delivered)) => {
             if let (true, Some(id)) = (conn.envelope, id) {
                 let ack = ServerFrame::Ack { id, delivered };
                 reply(conn, router, ack);

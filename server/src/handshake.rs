@@ -64,6 +64,8 @@ pub struct Admitted {
     pub envelope: bool,
     /// The position it resumes from (`since`, envelope mode only).
     pub since: Option<String>,
+    /// With `--signed-tags`: the tags its token grants (they bound its retag commands).
+    pub granted: Option<Tags>,
     /// The handshake, kept for auth managers whose `authorize_send` reads it.
     pub handshake: Option<Box<Handshake>>,
 }
@@ -105,9 +107,13 @@ impl Admission {
             .iter()
             .find(|p| p.starts_with(TOKEN_PROTOCOL_PREFIX))
             .cloned();
+        let mut granted = None;
         let tags = match &self.tokens {
             Some(applications) => {
-                self.signed_tags(applications, &handshake, token_protocol.as_deref(), now)?
+                let (tags, grant) =
+                    self.signed_tags(applications, &handshake, token_protocol.as_deref(), now)?;
+                granted = Some(grant);
+                tags
             }
             None => {
                 self.auth
@@ -144,6 +150,7 @@ impl Admission {
             protocol,
             envelope,
             since,
+            granted,
             handshake,
         })
     }
@@ -156,7 +163,7 @@ impl Admission {
         handshake: &Handshake,
         token_protocol: Option<&str>,
         now: u64,
-    ) -> Result<Tags, Refused> {
+    ) -> Result<(Tags, Tags), Refused> {
         let token = handshake
             .query_value("token")
             .or_else(|| token_protocol.map(|p| &p[TOKEN_PROTOCOL_PREFIX.len()..]));
@@ -167,11 +174,11 @@ impl Admission {
                 .map_err(refused)?,
         };
         match handshake.query_value("tags") {
-            None => Ok(claims.tags),
+            None => Ok((claims.tags.clone(), claims.tags)),
             Some(json) => {
                 let asked = self.parse_tags(json)?;
                 if claims.tags.contains_all(&asked) {
-                    Ok(asked)
+                    Ok((asked, claims.tags))
                 } else {
                     Err(refused(TokenError::Subset))
                 }

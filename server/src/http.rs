@@ -491,6 +491,7 @@ fn register(
         closer: Closer::default(),
         peer,
         handshake: admitted.handshake,
+        granted: std::sync::Mutex::new(admitted.granted.map(Box::new)),
     });
     tracing::debug!(connection = conn.id, peer = %conn.peer, tags = %admitted.tags.to_json(), envelope = conn.envelope, "connection opened");
     let greeting = state

@@ -163,6 +163,7 @@ impl ServerBuilder {
                     ttl: config.history_ttl,
                 }),
             )),
+            tokens: tokens.clone(),
         });
         let static_files = match &config.static_dir {
             Some(dir) => {

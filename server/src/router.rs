@@ -14,7 +14,7 @@ use tagcast::request::{parse_request, parse_value};
 use tagcast::{Error, MessageParser, ParseOptions, RequestId, ServerFrame, Tags, WebSocketRequest};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::auth::{AuthManager, Handshake};
+use crate::auth::{ApplicationsAuthManager, AuthManager, Handshake};
 use crate::cluster::Bus;
 use crate::connection::{Connection, Offered};
 use crate::history::{History, Limits, Sequencer};
@@ -195,6 +195,23 @@ impl Fanout {
         retagged
     }
 
+    /// Replaces the tags of one connection (its own `retag` command) and answers it with a
+    /// `tags` frame carrying `id`, in turn with deliveries. `false` when it closed meanwhile.
+    pub fn retag_one(&self, conn: &Arc<Connection>, tags: Tags, id: Option<RequestId>) -> bool {
+        let sequencer = self.history.as_ref().map(History::lock);
+        let pos = sequencer.as_ref().map(|s| s.last_position());
+        if !self.registry.retag(conn, tags.clone()) {
+            return false;
+        }
+        let _turn = sequencer.map(Sequencer::offer_turn);
+        let frame = ServerFrame::Tags { id, tags, pos };
+        if conn.offer(Utf8Bytes::from(frame.to_json()), None) == Offered::SlowConsumer {
+            self.metrics.slow_consumers.inc();
+        }
+        self.metrics.retags.inc();
+        true
+    }
+
     /// Delivers one routed request (its tags, and its payload as JSON text) to every matching
     /// connection of this node: raw connections get the payload, envelope connections a
     /// `message` frame built once.
@@ -235,6 +252,8 @@ pub struct Router {
     pub bus: Arc<dyn Bus>,
     /// This node's connections.
     pub fanout: Arc<Fanout>,
+    /// With `--signed-tags`: the applications whose secrets sign tokens (retag commands).
+    pub tokens: Option<Arc<ApplicationsAuthManager>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -251,26 +270,103 @@ impl std::fmt::Debug for Router {
 pub type Routed = (Option<RequestId>, Result<u64, Refusal>);
 
 impl Router {
-    /// Handles one request frame from a connection, over `limiter`'s rate if it has one.
-    /// Routing is complete when this returns, so the next frame of the same sender is routed
-    /// after this one everywhere. The id is returned in envelope mode only.
+    /// Handles one text frame from a connection, over `limiter`'s rate if it has one: a
+    /// request, or in envelope mode a command (a frame with a `type`, PROTOCOL.md §13). Routing
+    /// is complete when this returns, so the next frame of the same sender is routed after this
+    /// one everywhere. Returns the id (envelope mode only) and how many connections of this node
+    /// the request reached, `None` for a command that answered itself, or the refusal.
     pub async fn route_text(
         &self,
         text: &str,
-        envelope: bool,
-        handshake: &Handshake,
+        conn: &Arc<Connection>,
         limiter: Option<&mut RateLimiter>,
-    ) -> Routed {
+    ) -> (Option<RequestId>, Result<Option<u64>, Refusal>) {
         let started = Instant::now();
+        let envelope = conn.envelope;
         self.metrics.received(Transport::WebSocket);
         if let Err(refusal) = self.check_rate(limiter) {
             // The request is dropped unread; its id (if any) still goes back with the error.
             let id = envelope.then(|| parse_request(text, &self.options(true)).0);
             return (id.flatten(), Err(refusal));
         }
+        // Commands are rare: only a frame that mentions "type" is looked at as one.
+        if envelope && text.contains("\"type\"") {
+            if let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) {
+                if frame.contains_key("type") {
+                    let id = frame.get("id").and_then(RequestId::from_value);
+                    return match self.command(frame, conn) {
+                        Ok(()) => (id, Ok(None)),
+                        Err(refusal) => {
+                            self.metrics.rejected(refusal.reason);
+                            (id, Err(refusal))
+                        }
+                    };
+                }
+                let (id, parsed) = parse_value(Value::Object(frame), &self.options(true));
+                let result = self.finish(parsed, &conn.handshake(), false, started).await;
+                return (id, result.map(Some));
+            }
+        }
         let (id, parsed) = parse_request(text, &self.options(envelope));
-        let result = self.finish(parsed, handshake, false, started).await;
-        (if envelope { id } else { None }, result)
+        let result = self.finish(parsed, &conn.handshake(), false, started).await;
+        (if envelope { id } else { None }, result.map(Some))
+    }
+
+    /// A command frame (PROTOCOL.md §13); today `retag`.
+    fn command(
+        &self,
+        mut frame: serde_json::Map<String, Value>,
+        conn: &Arc<Connection>,
+    ) -> Result<(), Refusal> {
+        let bad = |text: String| Refusal::new(Reason::BadRequest, text);
+        match frame.get("type") {
+            Some(Value::String(kind)) if kind == "retag" => {}
+            Some(Value::String(kind)) => {
+                return Err(bad(format!(
+                "unknown frame type '{kind}': the only command is 'retag'; a request has no 'type'"
+            )))
+            }
+            _ => return Err(bad("'type' must be a string naming a command".into())),
+        }
+        if let Some(unknown) = frame
+            .keys()
+            .find(|k| !["type", "id", "tags", "token"].contains(&k.as_str()))
+        {
+            return Err(bad(format!(
+                "unknown property '{unknown}' in a retag command (allowed: type, id, tags, token)"
+            )));
+        }
+        let tags = match frame.remove("tags") {
+            None => return Err(bad("a retag command needs 'tags'".into())),
+            Some(v) => Tags::from_value_bounded(&v, self.max_tags)
+                .map_err(|e| bad(format!("invalid 'tags': {e}")))?,
+        };
+        if let Some(applications) = &self.tokens {
+            let granted = match frame.get("token") {
+                Some(Value::String(token)) => {
+                    let now = crate::handshake::unix_now();
+                    let claims =
+                        tagcast::token::verify(token, now, |key| applications.secret_of(key))
+                            .map_err(|e| Refusal::new(Reason::Unauthorized, e.to_string()))?;
+                    Some(claims.tags)
+                }
+                Some(_) => return Err(bad("'token' must be a string".into())),
+                None => None,
+            };
+            let allowed = granted.clone().or_else(|| conn.granted());
+            if !allowed.is_some_and(|g| g.contains_all(&tags)) {
+                return Err(Refusal::new(
+                    Reason::Unauthorized,
+                    tagcast::TokenError::Subset.to_string(),
+                ));
+            }
+            if let Some(granted) = granted {
+                conn.set_granted(granted);
+            }
+        }
+        self.fanout
+            .retag_one(conn, tags, frame.get("id").and_then(RequestId::from_value));
+        Ok(())
     }
 
     /// The refusal of a binary frame (PROTOCOL.md §3), or of the rate limit if it is over it.
@@ -468,11 +564,16 @@ mod tests {
     async fn raw_frames_keep_no_id_and_envelope_frames_do() {
         let registry = Arc::new(Registry::default());
         let router = router(&registry, Arc::new(AllowAll), Arc::new(FakeBus::default()));
+        let envelope = connection(&registry, Tags::new().with("x", 1), true, 8);
+        let raw = connection(&registry, Tags::new().with("x", 1), false, 8);
         let text = r#"{"id":"a","message":"hi"}"#;
-        let (id, result) = router.route_text(text, true, &handshake(), None).await;
-        assert_eq!((id, result), (Some(RequestId::String("a".into())), Ok(0)));
+        let (id, result) = router.route_text(text, &envelope.conn, None).await;
+        assert_eq!(
+            (id, result),
+            (Some(RequestId::String("a".into())), Ok(Some(2)))
+        );
         // Raw mode knows no `id`: the request is invalid, and no id comes back.
-        let (id, result) = router.route_text(text, false, &handshake(), None).await;
+        let (id, result) = router.route_text(text, &raw.conn, None).await;
         assert_eq!(id, None);
         assert_eq!(result.unwrap_err().reason, Reason::BadRequest);
         let mut limiter = RateLimiter::new(1);
@@ -482,5 +583,39 @@ mod tests {
             Reason::RateLimited
         );
         assert_eq!(router.refuse_binary(None).reason, Reason::BadRequest);
+    }
+
+    #[tokio::test]
+    async fn a_retag_command_answers_with_the_new_tags_and_unknown_types_are_named() {
+        let registry = Arc::new(Registry::default());
+        let router = router(&registry, Arc::new(AllowAll), Arc::new(FakeBus::default()));
+        let conn = connection(&registry, Tags::new().with("room", 1), true, 8);
+        let (id, result) = router
+            .route_text(
+                r#"{"type":"retag","id":3,"tags":{"room":2}}"#,
+                &conn.conn,
+                None,
+            )
+            .await;
+        assert_eq!((id, result), (Some(RequestId::Integer(3)), Ok(None)));
+        let frames = taken(&conn);
+        assert_eq!(frames, [r#"{"type":"tags","id":3,"tags":{"room":2}}"#]);
+        assert_eq!(
+            registry
+                .presence(&Tags::new().with("room", 2), None, 0)
+                .connections,
+            1
+        );
+        let (id, result) = router
+            .route_text(r#"{"type":"subscribe","id":4}"#, &conn.conn, None)
+            .await;
+        assert_eq!(id, Some(RequestId::Integer(4)));
+        let refusal = result.unwrap_err();
+        assert_eq!(refusal.reason, Reason::BadRequest);
+        assert!(refusal.text.contains("'subscribe'"), "{}", refusal.text);
+        // A request whose message mentions "type" is still a request.
+        let text = r#"{"id":5,"message":"the \"type\" of it","tags":{"room":2}}"#;
+        let (_, result) = router.route_text(text, &conn.conn, None).await;
+        assert_eq!(result, Ok(Some(1)));
     }
 }

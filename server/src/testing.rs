@@ -63,6 +63,7 @@ pub fn router(registry: &Arc<Registry>, auth: Arc<dyn AuthManager>, bus: Arc<dyn
         metrics: metrics.clone(),
         bus,
         fanout: Arc::new(Fanout::new(registry.clone(), metrics, None)),
+        tokens: None,
     }
 }
 
@@ -80,6 +81,7 @@ pub fn connection(
         closer: Closer::default(),
         peer: ([127, 0, 0, 1], 9).into(),
         handshake: None,
+        granted: Default::default(),
     });
     let slot = registry.reserve(None).expect("no limit");
     assert!(registry.register(conn.clone(), tags));

@@ -16,6 +16,7 @@ mod it {
     mod lifecycle;
     mod limits;
     mod payload;
+    mod retag;
     mod routing;
     mod signed_tags;
     mod static_files;

@@ -223,3 +223,89 @@ fn signed_tags_need_auth() {
         .to_string();
     assert!(err.contains("--signed-tags needs --auth"), "{err}");
 }
+
+/// PROTOCOL.md §13 with signed tags: a retag stays within the token's tags, a retag may carry a
+/// newer token, and that token then bounds later retags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retag_commands_stay_within_the_token() {
+    let server = signed_server().await;
+    let granted = token(
+        "application1",
+        SECRET1,
+        json!({"user": 42, "room": 1}),
+        now() + 60,
+    );
+    let (mut ws, _) = envelope_at(&format!(
+        "{}/?token={granted}&tags={}",
+        server.url,
+        encode(r#"{"user":42}"#)
+    ))
+    .await;
+    let retag = |id: u32, tags: Value, token: Option<&str>| {
+        let mut frame = json!({"type": "retag", "id": id, "tags": tags});
+        if let Some(t) = token {
+            frame["token"] = json!(t);
+        }
+        frame.to_string()
+    };
+
+    // Within the opening token: granted.
+    send_text(&mut ws, &retag(1, json!({"user": 42, "room": 1}), None)).await;
+    let answer = recv_json(&mut ws).await;
+    assert_eq!(
+        (&answer["type"], &answer["id"], &answer["tags"]),
+        (&json!("tags"), &json!(1), &json!({"room": 1, "user": 42}))
+    );
+    // Outside it: refused, the tags stay.
+    send_text(&mut ws, &retag(2, json!({"room": 2}), None)).await;
+    let answer = recv_json(&mut ws).await;
+    assert_eq!(
+        (&answer["type"], &answer["id"], &answer["code"]),
+        (&json!("error"), &json!(2), &json!("unauthorized"))
+    );
+    assert!(
+        answer["error"].as_str().unwrap().starts_with("subset"),
+        "{answer}"
+    );
+    // A newer token for room 2 is accepted, and bounds the next retags.
+    let room2 = token("application1", SECRET1, json!({"room": 2}), now() + 60);
+    send_text(&mut ws, &retag(3, json!({"room": 2}), Some(&room2))).await;
+    assert_eq!(recv_json(&mut ws).await["tags"], json!({"room": 2}));
+    send_text(&mut ws, &retag(4, json!({"room": 1}), None)).await;
+    assert_eq!(recv_json(&mut ws).await["code"], "unauthorized");
+    // A forged token is refused as such.
+    let forged = token(
+        "application1",
+        "not the secret",
+        json!({"room": 9}),
+        now() + 60,
+    );
+    send_text(&mut ws, &retag(5, json!({"room": 9}), Some(&forged))).await;
+    let answer = recv_json(&mut ws).await;
+    assert!(
+        answer["error"].as_str().unwrap().starts_with("signature"),
+        "{answer}"
+    );
+
+    // Routing follows the last granted retag.
+    let publish = |room: u32| {
+        format!(
+            r#"{{"message":"to {room}","tags":{{"room":{room}}},"metadata":{{"key":"application1","secret":"{SECRET1}"}}}}"#
+        )
+    };
+    assert_eq!(
+        http_post(server.addr, "/publish", &publish(1))
+            .await
+            .body
+            .trim(),
+        r#"{"delivered":0}"#
+    );
+    assert_eq!(
+        http_post(server.addr, "/publish", &publish(2))
+            .await
+            .body
+            .trim(),
+        r#"{"delivered":1}"#
+    );
+    assert_eq!(recv_message(&mut ws).await.0["message"], "to 2");
+}
