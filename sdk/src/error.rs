@@ -34,6 +34,10 @@ pub enum Error {
     /// The connection is closed; the text says how it was closed, when known.
     #[error("connection closed: {0}")]
     Closed(String),
+    /// The connection dropped and the client is reconnecting (see `ClientBuilder::reconnect`):
+    /// the request was not sent. The text says why the connection dropped.
+    #[error("not connected (reconnecting after: {0}); the request was not sent")]
+    NotConnected(String),
     /// The server answered the request with an error frame (envelope mode).
     #[error("{code}: {message}")]
     Rejected {

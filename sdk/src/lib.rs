@@ -13,7 +13,10 @@
 //! - [`tags_tree`]: [`TagsTree`], the inverted index behind routing;
 //! - [`envelope`]: the `tagcast.v1` frames (message, ack, error) and their error codes;
 //! - [`publisher`]: [`Publisher`], what application code depends on;
-//! - [`client`] (feature `client`, on by default): [`WebSocketClient`], tokio-based;
+//! - [`resume`]: [`Cursor`](resume::Cursor), a client's place in the server's history: the
+//!   `since` both SDKs reconnect with (PROTOCOL.md §11);
+//! - [`client`] (feature `client`, on by default): [`WebSocketClient`], tokio-based, which can
+//!   reconnect and resume by itself ([`Reconnect`], [`Event`]);
 //! - [`mock`]: [`WebSocketClientMock`], a recording [`Publisher`] for unit tests;
 //! - [`token`]: signed tags (HS256 JWTs) for `--signed-tags`: `sign_tags` for backends;
 //! - [`url`]: handshake URLs (a server URL with `tags`, `key`, ...), for every client.
@@ -35,13 +38,14 @@ pub mod mock;
 pub mod parser;
 pub mod publisher;
 pub mod request;
+pub mod resume;
 pub mod tags;
 pub mod tags_tree;
 pub mod token;
 pub mod url;
 
 #[cfg(feature = "client")]
-pub use client::{ClientBuilder, Received, WebSocketClient};
+pub use client::{ClientBuilder, Event, Received, Reconnect, WebSocketClient};
 pub use envelope::{ErrorCode, RequestId, ServerFrame, SUBPROTOCOL};
 pub use error::Error;
 pub use mock::WebSocketClientMock;
