@@ -1,5 +1,6 @@
 //! The connection: `connect`, the `TagcastClient` it resolves to (send, handlers, close), and
-//! the background task that reads frames and reconnects with backoff when the connection drops.
+//! the background task that reads frames and, when the connection drops, reconnects with
+//! backoff and resumes where it left off (`since`, PROTOCOL.md §11).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,11 +13,20 @@ use gloo_net::websocket::futures::WebSocket;
 use gloo_net::websocket::{Message, State as WsState, WebSocketError};
 use tagcast::envelope::{RequestId, ServerFrame, SUBPROTOCOL};
 use tagcast::request::MESSAGE_MANDATORY;
+use tagcast::resume::Cursor;
 use tagcast::{Metadata, Tags, WebSocketRequest};
 use wasm_bindgen::prelude::*;
 
 use crate::errors::{bad_request, from_sdk, tagcast_error, CLOSED};
+use crate::events::{emit, object, Handlers, Kind};
 use crate::options::{metadata_from_js, tags_from_js, to_json, ConnectOptions};
+
+/// The close code of `POST /disconnect` (PROTOCOL.md §12): the server's application wants this
+/// connection gone, so the client does not come back.
+const DISCONNECTED_BY_THE_SERVER: u16 = 4001;
+
+/// A close frame's code and reason.
+type Close = (u16, String);
 
 /// The connection states, as JavaScript sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +65,11 @@ fn install(inner: &Rc<RefCell<Inner>>, socket: WebSocket) -> (SplitStream<WebSoc
 
 /// Everything the client and its background task share (the browser is single-threaded).
 struct Inner {
+    /// The URL the application gave.
+    base: String,
+    /// `key` and `secret`, for the handshake query.
+    credentials: Vec<(String, String)>,
+    /// The handshake URL, without `since`: `base` with the tags and credentials.
     url: String,
     protocols: Vec<String>,
     state: State,
@@ -63,8 +78,10 @@ struct Inner {
     stop: Option<oneshot::Sender<Sink>>,
     pending: HashMap<i64, Reply>,
     next_id: i64,
-    on_message: Vec<js_sys::Function>,
-    on_state: Vec<js_sys::Function>,
+    /// The application's handlers, in a cell of their own (see `Handlers`).
+    handlers: Rc<RefCell<Handlers>>,
+    /// The `since` of the next reconnect.
+    cursor: Cursor,
     reconnect: bool,
     min_delay_ms: f64,
     max_delay_ms: f64,
@@ -80,20 +97,46 @@ impl Inner {
     }
 }
 
-fn set_state(inner: &Rc<RefCell<Inner>>, state: State) {
-    let callbacks = {
+/// The application's handlers, to emit to without holding a borrow of `inner`: handlers may call
+/// back into the client.
+fn handlers(inner: &Rc<RefCell<Inner>>) -> Rc<RefCell<Handlers>> {
+    inner.borrow().handlers.clone()
+}
+
+/// Changes the state and tells the handlers; `close` is the close that caused it, when known.
+fn set_state(inner: &Rc<RefCell<Inner>>, state: State, close: Option<&Close>) {
+    {
         let mut i = inner.borrow_mut();
         if i.state == state {
             return;
         }
         i.state = state;
-        i.on_state.clone()
-    };
-    // Callbacks run without a borrow held, so they may call back into the client.
-    let value = JsValue::from_str(state.as_str());
-    for cb in callbacks {
-        let _ = cb.call1(&JsValue::NULL, &value);
     }
+    let name = JsValue::from_str(state.as_str());
+    let event = match close {
+        Some((code, reason)) => object(&[
+            ("state", &name),
+            ("code", &JsValue::from(*code)),
+            ("reason", &JsValue::from_str(reason)),
+        ]),
+        None => object(&[("state", &name)]),
+    };
+    emit(&handlers(inner), Kind::State, &event, &[name]);
+}
+
+/// The handshake URL: `base` with `tags` (when there are some) and the credentials.
+fn handshake_url(
+    base: &str,
+    tags: &Tags,
+    credentials: &[(String, String)],
+) -> Result<String, tagcast::Error> {
+    let tags_json = tags.to_json();
+    let mut pairs = Vec::with_capacity(3);
+    if !tags.is_empty() {
+        pairs.push(("tags", tags_json.as_str()));
+    }
+    pairs.extend(credentials.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    tagcast::url::handshake_url(base, &pairs)
 }
 
 /// Opens one WebSocket and waits until it is open; the error says why it could not open.
@@ -128,8 +171,9 @@ pub struct TagcastClient {
 /// Opens a connection with `tags` and resolves once it is open. Rejects with a `TagcastError`
 /// whose code is `bad_request` for invalid tags or options, or a URL that is not `ws://` or
 /// `wss://` (all before any network use), or `closed` when the server cannot be reached or
-/// refuses the handshake.
-#[wasm_bindgen]
+/// refuses the handshake. (Typed in `types`: wasm-bindgen would make `tags` and `options`
+/// required.)
+#[wasm_bindgen(skip_typescript)]
 pub async fn connect(
     url: String,
     #[wasm_bindgen(unchecked_param_type = "Tags")] tags: Option<JsValue>,
@@ -138,24 +182,23 @@ pub async fn connect(
     let tags = tags_from_js(&tags.unwrap_or(JsValue::UNDEFINED))?;
     let options = ConnectOptions::from_js(&options.unwrap_or(JsValue::UNDEFINED))?;
 
-    let tags_json = tags.to_json();
-    let mut pairs = Vec::with_capacity(3);
-    if !tags.is_empty() {
-        pairs.push(("tags", tags_json.as_str()));
+    let mut credentials = Vec::with_capacity(2);
+    if let Some(key) = options.key {
+        credentials.push(("key".to_owned(), key));
     }
-    if let Some(key) = &options.key {
-        pairs.push(("key", key.as_str()));
+    if let Some(secret) = options.secret {
+        credentials.push(("secret".to_owned(), secret));
     }
-    if let Some(secret) = &options.secret {
-        pairs.push(("secret", secret.as_str()));
-    }
-    let url = tagcast::url::handshake_url(&url, &pairs).map_err(|e| from_sdk(&e))?;
+    let base = url;
+    let url = handshake_url(&base, &tags, &credentials).map_err(|e| from_sdk(&e))?;
     let mut protocols = vec![SUBPROTOCOL.to_owned()];
     if let Some(t) = &options.token {
         protocols.push(format!("tagcast.token.{t}"));
     }
 
     let inner = Rc::new(RefCell::new(Inner {
+        base,
+        credentials,
         url,
         protocols,
         state: State::Connecting,
@@ -163,8 +206,8 @@ pub async fn connect(
         stop: None,
         pending: HashMap::new(),
         next_id: 1,
-        on_message: Vec::new(),
-        on_state: Vec::new(),
+        handlers: Rc::default(),
+        cursor: Cursor::new(),
         reconnect: options.reconnect,
         min_delay_ms: options.min_delay_ms,
         max_delay_ms: options.max_delay_ms,
@@ -179,7 +222,11 @@ pub async fn connect(
         .await
         .map_err(|e| tagcast_error(CLOSED, &e))?;
     let (stream, stopped) = install(&inner, socket);
-    inner.borrow_mut().state = State::Open;
+    {
+        let mut i = inner.borrow_mut();
+        i.state = State::Open;
+        i.cursor.opened(false);
+    }
     wasm_bindgen_futures::spawn_local(run(inner.clone(), stream, stopped));
     Ok(TagcastClient { inner })
 }
@@ -187,8 +234,8 @@ pub async fn connect(
 /// The background task: reads frames, and reconnects when the connection drops.
 async fn run(inner: Rc<RefCell<Inner>>, mut stream: SplitStream<WebSocket>, mut stopped: Stop) {
     loop {
-        let reason = match read(&inner, &mut stream, &mut stopped).await {
-            Ended::Lost(reason) => reason,
+        let (reason, close) = match read(&inner, &mut stream, &mut stopped).await {
+            Ended::Lost(reason, close) => (reason, close),
             Ended::Stopped(sink) => {
                 if let Ok(socket) = stream.reunite(sink) {
                     let _ = socket.close(Some(1000), None);
@@ -196,18 +243,19 @@ async fn run(inner: Rc<RefCell<Inner>>, mut stream: SplitStream<WebSocket>, mut 
                 return;
             }
         };
+        let kicked = matches!(close, Some((DISCONNECTED_BY_THE_SERVER, _)));
         let reconnect = {
             let mut i = inner.borrow_mut();
             i.sink = None;
             i.stop = None;
             i.fail_pending(&format!("connection lost: {reason}"));
-            i.reconnect && i.state != State::Closed
+            i.reconnect && !kicked && i.state != State::Closed
         };
         if !reconnect {
-            set_state(&inner, State::Closed);
+            set_state(&inner, State::Closed, close.as_ref());
             return;
         }
-        set_state(&inner, State::Reconnecting);
+        set_state(&inner, State::Reconnecting, close.as_ref());
         match reopen(&inner).await {
             Some((next, stop)) => {
                 stream = next;
@@ -218,17 +266,24 @@ async fn run(inner: Rc<RefCell<Inner>>, mut stream: SplitStream<WebSocket>, mut 
     }
 }
 
-/// Reopens with backoff; `None` when the client was closed meanwhile.
+/// Reopens with backoff, resuming after the cursor's position; `None` when the client was
+/// closed meanwhile.
 async fn reopen(inner: &Rc<RefCell<Inner>>) -> Option<(SplitStream<WebSocket>, Stop)> {
     let mut attempt: u32 = 0;
     loop {
-        let (url, protocols, min, max) = {
+        let (url, resuming, protocols, min, max) = {
             let i = inner.borrow();
             if i.state == State::Closed {
                 return None;
             }
+            let since = i.cursor.since();
+            // The URL came from `handshake_url` already: adding a pair cannot fail.
+            let url = since
+                .and_then(|since| tagcast::url::handshake_url(&i.url, &[("since", since)]).ok())
+                .unwrap_or_else(|| i.url.clone());
             (
-                i.url.clone(),
+                url,
+                since.is_some(),
                 i.protocols.clone(),
                 i.min_delay_ms,
                 i.max_delay_ms,
@@ -247,17 +302,23 @@ async fn reopen(inner: &Rc<RefCell<Inner>>) -> Option<(SplitStream<WebSocket>, S
                 return None;
             }
             let opened = install(inner, socket);
-            set_state(inner, State::Open);
+            inner.borrow_mut().cursor.opened(resuming);
+            set_state(inner, State::Open, None);
+            if !resuming {
+                // No position to resume from (history off, or a drop before the first frame):
+                // the server cannot say what was missed, so the client says it may have been.
+                emit_resumed(inner, false, 0);
+            }
             return Some(opened);
         }
         attempt = attempt.saturating_add(1);
     }
 }
 
-/// Reads until the connection ends; returns why it ended.
+/// How a connection ended.
 enum Ended {
-    /// The connection ended by itself, for this reason.
-    Lost(String),
+    /// The connection ended by itself, for this reason (and with this close, when known).
+    Lost(String, Option<Close>),
     /// The application closed the client and handed the sink back.
     Stopped(Sink),
 }
@@ -274,19 +335,30 @@ async fn read(
             frame = next => frame,
             sink = stopped => return match sink {
                 Ok(sink) => Ended::Stopped(sink),
-                Err(_) => Ended::Lost("closed by the application".to_owned()),
+                Err(_) => Ended::Lost("closed by the application".to_owned(), None),
             },
         };
         match frame {
-            None => return Ended::Lost("the connection ended".to_owned()),
+            None => return Ended::Lost("the connection ended".to_owned(), None),
             Some(Ok(Message::Text(text))) => handle_frame(inner, &text),
             Some(Ok(Message::Bytes(_))) => {}
             Some(Err(WebSocketError::ConnectionClose(e))) => {
-                return Ended::Lost(format!("code {} {}", e.code, e.reason));
+                let reason = format!("code {} {}", e.code, e.reason);
+                return Ended::Lost(reason, Some((e.code, e.reason)));
             }
-            Some(Err(e)) => return Ended::Lost(e.to_string()),
+            // A failed connection fires `error`, then `close` with its code (1006): read on.
+            Some(Err(WebSocketError::ConnectionError)) => {}
+            Some(Err(e)) => return Ended::Lost(e.to_string(), None),
         }
     }
+}
+
+fn emit_resumed(inner: &Rc<RefCell<Inner>>, recovered: bool, missed: u64) {
+    let event = object(&[
+        ("recovered", &JsValue::from(recovered)),
+        ("missed", &JsValue::from(missed as f64)),
+    ]);
+    emit(&handlers(inner), Kind::Resumed, &event, &[]);
 }
 
 fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
@@ -298,24 +370,53 @@ fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
         .ok()
         .and_then(|t| t.as_string());
     if kind.as_deref() == Some("message") {
-        let message = js_sys::Reflect::get(&parsed, &"message".into()).unwrap_or(JsValue::NULL);
-        let tags = js_sys::Reflect::get(&parsed, &"tags".into()).unwrap_or(JsValue::NULL);
-        let callbacks = inner.borrow().on_message.clone();
-        for cb in callbacks {
-            let _ = cb.call2(&JsValue::NULL, &message, &tags);
+        let field =
+            |name: &str| js_sys::Reflect::get(&parsed, &name.into()).unwrap_or(JsValue::NULL);
+        let (message, tags, pos) = (field("message"), field("tags"), field("pos"));
+        let pos = pos.as_string();
+        inner.borrow_mut().cursor.message(pos.as_deref());
+        let pos = pos.map_or(JsValue::UNDEFINED, JsValue::from);
+        let mut fields = vec![("message", &message), ("tags", &tags)];
+        if !pos.is_undefined() {
+            fields.push(("pos", &pos));
         }
+        let event = object(&fields);
+        emit(
+            &handlers(inner),
+            Kind::Message,
+            &event,
+            &[message.clone(), tags.clone(), pos.clone()],
+        );
         return;
     }
-    let (id, result) = match ServerFrame::parse(text) {
-        Ok(ServerFrame::Ack {
+    let Ok(frame) = ServerFrame::parse(text) else {
+        return;
+    };
+    inner.borrow_mut().cursor.observe(&frame);
+    let (id, result) = match frame {
+        ServerFrame::Resumed { recovered, missed } => {
+            emit_resumed(inner, recovered, missed);
+            return;
+        }
+        ServerFrame::Tags { tags, .. } => {
+            // Retagged (PROTOCOL.md §13): a reconnect opens with the new tags.
+            let mut i = inner.borrow_mut();
+            if let Ok(url) = handshake_url(&i.base, &tags, &i.credentials) {
+                i.url = url;
+            }
+            return;
+        }
+        ServerFrame::Ack {
             id: RequestId::Integer(id),
             delivered,
-        }) => (id, Ok(delivered)),
-        Ok(ServerFrame::Error {
+        } => (id, Ok(delivered)),
+        ServerFrame::Error {
             id: Some(RequestId::Integer(id)),
             code,
             error,
-        }) => (id, Err(tagcast_error(code.as_str(), &error))),
+        } => (id, Err(tagcast_error(code.as_str(), &error))),
+        // Positions only move the cursor; frames for ids this client never sent cannot be
+        // matched to a request.
         _ => return,
     };
     let reply = inner.borrow_mut().pending.remove(&id);
@@ -330,7 +431,8 @@ impl TagcastClient {
     /// whose tags contain `tags` (all of them when absent), with the default tags and metadata
     /// merged under the call's own. Resolves to `{ delivered }`, or rejects with a
     /// `TagcastError` (`bad_request`, `unauthorized`, `rate_limited`, `unavailable`, `closed`).
-    #[wasm_bindgen(unchecked_return_type = "Promise<SendResult>")]
+    /// (Typed in `types`: wasm-bindgen would make `tags` and `metadata` required.)
+    #[wasm_bindgen(skip_typescript)]
     pub fn send(
         &self,
         #[wasm_bindgen(unchecked_param_type = "unknown")] message: JsValue,
@@ -399,25 +501,56 @@ impl TagcastClient {
         Ok(answer)
     }
 
-    /// Calls `callback(message, tags)` for every message routed to this connection.
+    /// Calls `callback(message, tags, pos)` for every message routed to this connection (`pos`:
+    /// its position in the server's history, when it has one). `on("message", ...)` is the same
+    /// with one event object, and can be removed.
     #[wasm_bindgen(js_name = onMessage)]
     pub fn on_message(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "(message: unknown, tags: Tags) => void")]
+        #[wasm_bindgen(
+            unchecked_param_type = "(message: unknown, tags: Tags, pos?: string) => void"
+        )]
         callback: js_sys::Function,
     ) {
-        self.inner.borrow_mut().on_message.push(callback);
+        handlers(&self.inner).borrow_mut().on_message.push(callback);
     }
 
     /// Calls `callback(state)` on every state change: `connecting`, `open`, `reconnecting`,
-    /// `closed`.
+    /// `closed`. `on("state", ...)` also gives the close code and reason.
     #[wasm_bindgen(js_name = onStateChange)]
     pub fn on_state_change(
         &self,
         #[wasm_bindgen(unchecked_param_type = "(state: ConnectionState) => void")]
         callback: js_sys::Function,
     ) {
-        self.inner.borrow_mut().on_state.push(callback);
+        handlers(&self.inner).borrow_mut().on_state.push(callback);
+    }
+
+    /// Calls `handler(event)` for every `event`: `message`, `state`, `resumed` or `error` (see
+    /// `TagcastEventMap`); returns a function that removes it. Throws a `bad_request`
+    /// `TagcastError` for another event name. (Typed in `TagcastClient`'s interface.)
+    #[wasm_bindgen(skip_typescript)]
+    pub fn on(&self, event: &str, handler: js_sys::Function) -> Result<js_sys::Function, JsValue> {
+        let kind = Kind::parse(event)?;
+        handlers(&self.inner)
+            .borrow_mut()
+            .add(kind, handler.clone());
+        // Weak: a handler that keeps its own remover must not keep the client alive.
+        let weak = Rc::downgrade(&self.inner);
+        let remove = Closure::<dyn FnMut()>::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                handlers(&inner).borrow_mut().remove(kind, &handler);
+            }
+        });
+        Ok(remove.into_js_value().unchecked_into())
+    }
+
+    /// Removes a handler added with `on`; removing one that is not there does nothing.
+    #[wasm_bindgen(skip_typescript)]
+    pub fn off(&self, event: &str, handler: &js_sys::Function) -> Result<(), JsValue> {
+        let kind = Kind::parse(event)?;
+        handlers(&self.inner).borrow_mut().remove(kind, handler);
+        Ok(())
     }
 
     /// The current state.
@@ -433,7 +566,8 @@ impl TagcastClient {
             i.fail_pending("closed by the application");
             (i.sink.take(), i.stop.take())
         };
-        set_state(&self.inner, State::Closed);
+        let close = handover.0.as_ref().map(|_| (1000, String::new()));
+        set_state(&self.inner, State::Closed, close.as_ref());
         if let (Some(sink), Some(stop)) = handover {
             let _ = stop.send(sink);
         }

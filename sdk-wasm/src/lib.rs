@@ -19,10 +19,13 @@
 //! - `types`: the TypeScript declarations (`Tags`, `ConnectOptions`, `TagcastError`, ...);
 //! - `options`: reading what JavaScript passes in (tags, metadata, options), and `validateTags`;
 //! - `errors`: the `TagcastError`s JavaScript catches, with their codes;
+//! - `events`: the application's handlers (`on`, `off`, `onMessage`, `onStateChange`), and
+//!   how a handler that throws is reported;
 //! - `client`: `connect`, `TagcastClient` and the reading and reconnecting task.
 
 mod client;
 mod errors;
+mod events;
 mod options;
 mod types;
 

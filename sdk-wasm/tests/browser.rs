@@ -16,12 +16,34 @@ use wasm_bindgen_test::*;
 wasm_bindgen_test_configure!(run_in_browser);
 
 const SERVER: Option<&str> = option_env!("TAGCAST_TEST_URL");
+/// The test bed's proxy to the same server: `POST {CONTROL}/cut` drops its connections.
+const PROXY: Option<&str> = option_env!("TAGCAST_TEST_PROXY");
 const CONTROL: Option<&str> = option_env!("TAGCAST_TEST_CONTROL");
 
 fn server() -> String {
     SERVER
         .expect("TAGCAST_TEST_URL is not set: run scripts/test-browser")
         .to_owned()
+}
+
+fn proxy() -> String {
+    PROXY
+        .expect("TAGCAST_TEST_PROXY is not set: run scripts/test-browser")
+        .to_owned()
+}
+
+/// `POST`s to a control route of the test bed (`/restart`, `/cut`, `/mend`, ...).
+async fn control(route: &str) {
+    let control = CONTROL.expect("TAGCAST_TEST_CONTROL is not set: run scripts/test-browser");
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    let window = web_sys::window().unwrap();
+    let response =
+        JsFuture::from(window.fetch_with_str_and_init(&format!("{control}{route}"), &init))
+            .await
+            .unwrap();
+    let response: web_sys::Response = response.dyn_into().unwrap();
+    assert!(response.ok(), "{route}: HTTP {}", response.status());
 }
 
 fn js(value: serde_json::Value) -> JsValue {
@@ -73,6 +95,37 @@ fn record_states(client: &TagcastClient) -> Rc<RefCell<Vec<String>>> {
     client.on_state_change(callback.as_ref().unchecked_ref::<Function>().clone());
     callback.forget();
     got
+}
+
+/// What `on` handlers received, in order: `(event name, event as JSON text)`.
+type Log = Rc<RefCell<Vec<(String, String)>>>;
+
+/// Records the events named in `events` into one log, with `on`; returns the log and the
+/// removers `on` returned.
+fn record_events(client: &TagcastClient, events: &[&str]) -> (Log, Vec<Function>) {
+    let log: Log = Rc::default();
+    let mut removers = Vec::new();
+    for event in events {
+        let (sink, name) = (log.clone(), event.to_string());
+        let handler = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+            let text: String = js_sys::JSON::stringify(&e).unwrap().into();
+            sink.borrow_mut().push((name.clone(), text));
+        });
+        let handler: Function = handler.into_js_value().unchecked_into();
+        removers.push(client.on(event, handler).unwrap());
+    }
+    (log, removers)
+}
+
+fn count(log: &Log, event: &str) -> usize {
+    log.borrow()
+        .iter()
+        .filter(|(name, _)| name == event)
+        .count()
+}
+
+fn parsed(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
 }
 
 async fn send(client: &TagcastClient, message: JsValue, tags: JsValue) -> Result<f64, JsValue> {
@@ -258,7 +311,6 @@ async fn the_handshake_url_carries_any_tags_exactly() {
 
 #[wasm_bindgen_test]
 async fn reconnects_after_the_server_restarts() {
-    let control = CONTROL.expect("TAGCAST_TEST_CONTROL is not set: run scripts/test-browser");
     let client = connect(
         server(),
         Some(js(json!({"test": "reconnect"}))),
@@ -268,18 +320,35 @@ async fn reconnects_after_the_server_restarts() {
     .unwrap();
     let states = record_states(&client);
     let got = record_messages(&client);
+    let (log, _) = record_events(&client, &["state", "resumed"]);
 
-    let window = web_sys::window().unwrap();
-    let init = web_sys::RequestInit::new();
-    init.set_method("POST");
-    JsFuture::from(window.fetch_with_str_and_init(&format!("{control}/restart"), &init))
-        .await
-        .unwrap();
+    control("/restart").await;
     wait_for(
         || states.borrow().iter().any(|s| s == "reconnecting") && client.state() == "open",
         "reconnecting, then open",
     )
     .await;
+    // A restarted server is a new history: the client resumes, but cannot be told it has all.
+    wait_for(|| count(&log, "resumed") == 1, "the resumed event").await;
+    let events: Vec<(String, serde_json::Value)> = log
+        .borrow()
+        .iter()
+        .map(|(name, text)| (name.clone(), parsed(text)))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            (
+                "state".to_owned(),
+                json!({"state": "reconnecting", "code": 1001, "reason": "server shutting down"})
+            ),
+            ("state".to_owned(), json!({"state": "open"})),
+            (
+                "resumed".to_owned(),
+                json!({"recovered": false, "missed": 0})
+            ),
+        ]
+    );
     // Same tags after the reconnect.
     let delivered = send(&client, "back".into(), js(json!({"test": "reconnect"})))
         .await
@@ -290,5 +359,167 @@ async fn reconnects_after_the_server_restarts() {
         "the delivery after reconnecting",
     )
     .await;
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn a_dropped_connection_resumes_with_what_it_missed() {
+    let tags = json!({"test": "resume"});
+    // Through the test bed's proxy, whose connections can be cut while the server stays up.
+    let client = connect(
+        proxy(),
+        Some(js(tags.clone())),
+        Some(auth_options(json!({}))),
+    )
+    .await
+    .unwrap();
+    let publisher = connect(server(), None, Some(auth_options(json!({}))))
+        .await
+        .unwrap();
+    let legacy = record_messages(&client);
+    let (log, _) = record_events(&client, &["message", "resumed", "state"]);
+
+    assert_eq!(
+        send(&publisher, "m1".into(), js(tags.clone()))
+            .await
+            .unwrap(),
+        1.0
+    );
+    wait_for(|| count(&log, "message") == 1, "m1").await;
+
+    control("/cut").await;
+    wait_for(|| client.state() == "reconnecting", "the drop").await;
+    // Away: a send is refused at once, not queued.
+    let err = send(&client, "never".into(), js(tags.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "closed");
+    assert!(text(&err).contains("not connected"), "{}", text(&err));
+    for m in ["m2", "m3", "m4"] {
+        send(&publisher, m.into(), js(tags.clone())).await.unwrap();
+    }
+    control("/mend").await;
+    wait_for(|| count(&log, "resumed") == 1, "the resumed event").await;
+    assert_eq!(
+        send(&publisher, "m5".into(), js(tags.clone()))
+            .await
+            .unwrap(),
+        1.0
+    );
+    wait_for(|| count(&log, "message") == 5, "m5").await;
+    sleep(200).await;
+
+    let events: Vec<(String, serde_json::Value)> = log
+        .borrow()
+        .iter()
+        .map(|(name, text)| (name.clone(), parsed(text)))
+        .collect();
+    let mut positions = Vec::new();
+    let mut seen = Vec::new();
+    for (name, event) in &events {
+        match name.as_str() {
+            "message" => {
+                assert_eq!(event["tags"], tags);
+                let pos = event["pos"].as_str().expect("a position").to_owned();
+                assert!(!positions.contains(&pos), "{pos} twice");
+                positions.push(pos);
+                seen.push(event["message"].as_str().unwrap().to_owned());
+            }
+            "resumed" => seen.push(format!(
+                "resumed recovered={} missed={}",
+                event["recovered"], event["missed"]
+            )),
+            _ => {
+                let state = event["state"].as_str().unwrap();
+                if state == "reconnecting" {
+                    // The proxy ended the TCP connection: no close frame.
+                    assert_eq!(event["code"], 1006, "{event}");
+                }
+                seen.push(state.to_owned());
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "m1",
+            "reconnecting",
+            "open",
+            "m2",
+            "m3",
+            "m4",
+            "resumed recovered=true missed=3",
+            "m5"
+        ]
+    );
+    // The older callback gets the same messages, once each, with the position third.
+    let legacy: Vec<String> = legacy.borrow().iter().map(|(m, _)| m.clone()).collect();
+    assert_eq!(
+        legacy,
+        [r#""m1""#, r#""m2""#, r#""m3""#, r#""m4""#, r#""m5""#]
+    );
+    client.close();
+    publisher.close();
+}
+
+#[wasm_bindgen_test]
+async fn handlers_come_and_go_and_throwing_ones_are_reported() {
+    let tags = json!({"test": "handlers"});
+    let client = connect(
+        server(),
+        Some(js(tags.clone())),
+        Some(auth_options(json!({}))),
+    )
+    .await
+    .unwrap();
+    // An unknown event is the caller's mistake.
+    let err = client
+        .on("mesage", Function::new_no_args(""))
+        .err()
+        .unwrap();
+    assert_eq!(code(&err), "bad_request");
+    assert!(text(&err).contains("mesage"), "{}", text(&err));
+
+    let (log, removers) = record_events(&client, &["message", "error"]);
+    // A handler that throws, added twice (kept once), and through the older API too.
+    let thrower = Closure::<dyn FnMut(JsValue) -> Result<(), JsValue>>::new(|_: JsValue| {
+        Err(JsValue::from_str("boom"))
+    });
+    let thrower: Function = thrower.into_js_value().unchecked_into();
+    client.on("message", thrower.clone()).unwrap();
+    let remove_thrower = client.on("message", thrower.clone()).unwrap();
+    client.on_message(thrower.clone());
+
+    send(&client, "one".into(), js(tags.clone())).await.unwrap();
+    wait_for(
+        || count(&log, "message") == 1 && count(&log, "error") == 2,
+        "one",
+    )
+    .await;
+    // Both throws were reported with the event they came from; the other handler still ran.
+    for (name, event) in log.borrow().iter().filter(|(n, _)| n == "error") {
+        assert_eq!(
+            parsed(event),
+            json!({"error": "boom", "event": "message"}),
+            "{name}"
+        );
+    }
+
+    // Removed by the function `on` returned, and by `off`: the recording handler stays.
+    remove_thrower.call0(&JsValue::NULL).unwrap();
+    remove_thrower.call0(&JsValue::NULL).unwrap(); // twice is harmless
+    send(&client, "two".into(), js(tags.clone())).await.unwrap();
+    wait_for(|| count(&log, "message") == 2, "two").await;
+    sleep(100).await;
+    assert_eq!(count(&log, "error"), 3, "only the older callback threw");
+
+    removers[0].call0(&JsValue::NULL).unwrap();
+    client.off("error", &thrower).unwrap(); // not there: nothing happens
+    send(&client, "three".into(), js(tags.clone()))
+        .await
+        .unwrap();
+    sleep(300).await;
+    assert_eq!(count(&log, "message"), 2, "the message handler was removed");
+    assert_eq!(count(&log, "error"), 4);
     client.close();
 }

@@ -1,13 +1,17 @@
 //! `tagcast-testbed`: a Tagcast server for browser tests, with a control port to stop and start
-//! it on the same address (for reconnect tests).
+//! it on the same address (for reconnect tests), and a TCP proxy in front of it whose
+//! connections can be cut while the server (and its history) stays up (for resume tests).
 //!
-//! Prints two lines on stdout, `server ws://127.0.0.1:PORT` and `control http://127.0.0.1:PORT`,
-//! then serves until stdin closes. The server authorizes opening for anyone and sends with the
-//! applications of `AUTH_YAML` (so `unauthorized` can be tested). Control routes, CORS-open:
-//! `POST /stop`, `POST /start`, `POST /restart`.
+//! Prints three lines on stdout, `server ws://127.0.0.1:PORT`, `proxy ws://127.0.0.1:PORT` and
+//! `control http://127.0.0.1:PORT`, then serves until stdin closes. The server authorizes
+//! opening for anyone and sends with the applications of `AUTH_YAML` (so `unauthorized` can be
+//! tested). Control routes, CORS-open: `POST /stop`, `POST /start`, `POST /restart`; `POST /cut`
+//! drops every connection through the proxy (no close frame: the TCP connection just ends, on
+//! both sides) and refuses new ones until `POST /mend`.
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +19,7 @@ use axum::http::{header, HeaderValue, Method};
 use axum::routing::post;
 use tagcast_server::auth::ApplicationsAuthManager;
 use tagcast_server::Server;
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{oneshot, watch, Mutex};
 
 /// The applications of the browser tests (the same as PROTOCOL.md §5's example).
 const AUTH_YAML: &str = "applications:
@@ -79,6 +83,48 @@ impl Testbed {
     }
 }
 
+/// The TCP proxy in front of the server.
+struct Proxy {
+    /// While set, new connections are dropped at once (their handshake fails).
+    refusing: AtomicBool,
+    /// Bumped by a cut: every proxied connection watches it and ends.
+    cuts: watch::Sender<u64>,
+}
+
+impl Proxy {
+    /// Accepts on `listener` and forwards each connection to `upstream`.
+    fn serve(self: Arc<Self>, listener: tokio::net::TcpListener, upstream: SocketAddr) {
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if self.refusing.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cut = self.cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    fn cut(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Accepts new connections again.
+    fn mend(&self) {
+        self.refusing.store(false, Ordering::SeqCst);
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Reserve a port for the server, then release it for `start`.
@@ -91,9 +137,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     testbed.start().await?;
 
+    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let proxy = Arc::new(Proxy {
+        refusing: AtomicBool::new(false),
+        cuts: watch::channel(0).0,
+    });
+    proxy.clone().serve(proxy_listener, addr);
+
     let control = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let control_addr = control.local_addr()?;
     let (a, b, c) = (testbed.clone(), testbed.clone(), testbed.clone());
+    let (cutting, mending) = (proxy.clone(), proxy);
     let app = axum::Router::new()
         .route(
             "/stop",
@@ -111,6 +166,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             post(move || async move {
                 c.stop().await;
                 c.start().await.map(|()| "restarted")
+            }),
+        )
+        .route(
+            "/cut",
+            post(move || async move {
+                cutting.cut();
+                "cut"
+            }),
+        )
+        .route(
+            "/mend",
+            post(move || async move {
+                mending.mend();
+                "mended"
             }),
         )
         .layer(axum::middleware::map_response(
@@ -131,6 +200,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut out = std::io::stdout().lock();
     writeln!(out, "server ws://{addr}")?;
+    writeln!(out, "proxy ws://{proxy_addr}")?;
     writeln!(out, "control http://{control_addr}")?;
     out.flush()?;
     drop(out);
