@@ -1,5 +1,7 @@
 // The Tagcast web demo: several connections (panes) on one page, each with its own tags, and a
-// composer that sends a message and shows which panes received it.
+// composer that sends a message and shows which panes received it. A pane that loses its
+// connection reconnects by itself and resumes: the messages it missed arrive marked "missed",
+// and a badge says whether the server could replay everything ("recovered") or not.
 import init, { connect, validateTags } from "./pkg/tagcast.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -68,6 +70,18 @@ class Pane {
     $(".error", this.el).textContent = text;
   }
 
+  /** The badge after a reconnect: `recovered` when nothing sent meanwhile is missing. */
+  showResumed(recovered, missed) {
+    const badge = $(".resume", this.el);
+    badge.hidden = false;
+    badge.className = `resume ${recovered ? "recovered" : "lost"}`;
+    badge.textContent = recovered ? "recovered" : "not recovered";
+    badge.dataset.missed = String(missed);
+    badge.title = recovered
+      ? `Reconnected; ${missed} missed message(s) replayed`
+      : `Reconnected, but messages sent meanwhile may be lost (${missed} replayed): reload what this pane shows`;
+  }
+
   disconnect() {
     this.client?.close();
     this.client = null;
@@ -77,6 +91,7 @@ class Pane {
   async reconnect() {
     this.disconnect();
     this.showError("");
+    $(".resume", this.el).hidden = true;
     const tags = readRows($(".tag-rows", this.el));
     try {
       validateTags(tags); // the server's own rules, before the network
@@ -89,20 +104,29 @@ class Pane {
       const client = await connect($("#server-url").value, tags, options());
       this.client = client;
       this.setState(client.state);
-      client.onStateChange((state) => {
+      // Between a drop and `resumed`, what arrives is the replay of what was missed.
+      let away = false;
+      client.on("state", ({ state, code }) => {
         this.setState(state);
-        this.showError(state === "reconnecting" ? "Server gone: reconnecting…" : "");
+        if (state === "reconnecting") away = true;
+        this.showError(state === "reconnecting" ? `Server gone: reconnecting… (close code ${code ?? "unknown"})` : "");
       });
-      client.onMessage((message, msgTags) => this.receive(message, msgTags));
+      client.on("message", ({ message, tags: msgTags }) => this.receive(message, msgTags, away));
+      client.on("resumed", ({ recovered, missed }) => {
+        away = false;
+        this.showResumed(recovered, missed);
+      });
+      client.on("error", ({ error, event }) => this.showError(`The '${event}' handler failed: ${error}`));
     } catch (error) {
       this.setState("closed");
       this.showError(`${error.code}: ${error.message}`);
     }
   }
 
-  receive(message, tags) {
+  receive(message, tags, missed = false) {
     const item = document.createElement("li");
-    item.className = "fresh";
+    item.className = missed ? "fresh missed" : "fresh";
+    if (missed) item.title = "Sent while this pane was away; replayed after the reconnect";
     item.textContent = `${JSON.stringify(message)}  ${JSON.stringify(tags)}`;
     $(".messages", this.el).prepend(item);
     setTimeout(() => item.classList.remove("fresh"), 1500);

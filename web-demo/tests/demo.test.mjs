@@ -4,6 +4,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
+import { createServer, connect as tcpConnect } from "node:net";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
 import { chromium } from "playwright-core";
@@ -129,8 +130,76 @@ test("panes show a server that went away, and come back when it returns", async 
     await page.waitForFunction(() =>
       document.querySelectorAll('.pane[data-state="open"]').length === 3, null, { timeout: 15000 });
     assert.equal(await page.textContent('[data-testid="pane-1"] .error'), "");
+    // A restarted server has a new history: it cannot say nothing was lost.
+    await page.waitForFunction(() =>
+      document.querySelectorAll('[data-testid="resume"]:not([hidden])').length === 3);
+    assert.deepEqual(await badges(page), ["not recovered", "not recovered", "not recovered"]);
   } finally {
     again.child.kill("SIGTERM");
     await page.close();
+  }
+});
+
+/** The resume badges of the panes, in order ("" while hidden). */
+function badges(page) {
+  return page.$$eval('[data-testid="resume"]', (all) => all.map((b) => (b.hidden ? "" : b.textContent)));
+}
+
+/**
+ * A TCP proxy to `upstream` ("host:port"): `cut()` ends every connection through it (no close
+ * frame) and refuses new ones until `mend()`, while the server and its history stay up.
+ */
+async function proxyTo(upstream) {
+  const [host, port] = [upstream.slice(0, upstream.lastIndexOf(":")), upstream.split(":").pop()];
+  const sockets = new Set();
+  let refusing = false;
+  const server = createServer((down) => {
+    if (refusing) return down.destroy();
+    const up = tcpConnect(Number(port), host);
+    for (const [a, b] of [[down, up], [up, down]]) {
+      sockets.add(a);
+      a.pipe(b);
+      a.on("error", () => b.destroy());
+      a.on("close", () => { sockets.delete(a); b.destroy(); });
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    addr: `127.0.0.1:${server.address().port}`,
+    cut() { refusing = true; for (const s of sockets) s.destroy(); },
+    mend() { refusing = false; },
+    close() { this.cut(); server.close(); },
+  };
+}
+
+test("a pane that lost its connection shows what it missed, and that it recovered", async () => {
+  const proxy = await proxyTo(server.addr);
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  try {
+    await page.goto(`${base}/?server=ws://${proxy.addr}`);
+    await page.waitForFunction(() => document.querySelectorAll('.pane[data-state="open"]').length === 3);
+    proxy.cut();
+    await page.waitForFunction(() =>
+      document.querySelectorAll('.pane[data-state="reconnecting"]').length === 3, null, { timeout: 10000 });
+    // Sent while every pane is away, straight to the server.
+    const answer = await fetch(`${base}/publish`, {
+      method: "POST",
+      body: JSON.stringify({ message: "sent while away", tags: { language: "FR" } }),
+    });
+    assert.equal(answer.status, 200);
+    proxy.mend();
+    await page.waitForFunction(() =>
+      document.querySelectorAll('[data-testid="resume"]:not([hidden])').length === 3, null, { timeout: 15000 });
+    assert.deepEqual(await badges(page), ["recovered", "recovered", "recovered"]);
+    const missed = await page.$$eval(".pane", (panes) => panes.map((p) =>
+      [...p.querySelectorAll(".messages li")].map((li) => [li.textContent, li.classList.contains("missed")])));
+    const item = ['"sent while away"  {"language":"FR"}', true];
+    assert.deepEqual(missed, [[item], [], [item]]);
+    assert.equal(await page.getAttribute('[data-testid="pane-1"] [data-testid="resume"]', "data-missed"), "1");
+    assert.equal(await page.getAttribute('[data-testid="pane-2"] [data-testid="resume"]', "data-missed"), "0");
+    await page.screenshot({ path: join(root, "target", "web-demo-resumed.png"), fullPage: true });
+  } finally {
+    await page.close();
+    proxy.close();
   }
 });
