@@ -155,9 +155,13 @@ struct ConnectArgs {
     #[arg(long, default_value_t = 64)]
     connectors: usize,
     /// Measure during a burst fan-out: this many subscribers (one group) receive what one
-    /// publisher sends without pause while the handshakes run (0: no load).
+    /// publisher sends while the handshakes run (0: no load).
     #[arg(long, default_value_t = 0)]
     burst_subscribers: usize,
+    /// Requests per second of that publisher. The load generator shares the machine's cores:
+    /// a rate its own subscribers can follow measures the server, a flood measures the cores.
+    #[arg(long, default_value_t = 500.0)]
+    burst_rate: f64,
 }
 
 /// A publisher sending to every `{"g":0}` subscriber without pause, and subscribers counting
@@ -165,6 +169,7 @@ struct ConnectArgs {
 async fn burst_load(
     c: &Common,
     subscribers: usize,
+    rate: f64,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<u64>>> {
     let urls = (0..subscribers)
@@ -191,13 +196,19 @@ async fn burst_load(
     }
     let mut publisher = open(&c.url).await?;
     let mut stop = stop.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     tasks.push(tokio::spawn(async move {
         let request = Message::text(r#"{"message":"burst","tags":{"g":0}}"#);
         loop {
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                sent = publisher.send(request.clone()) => if sent.is_err() { break },
+                _ = tick.tick() => {
+                    if publisher.send(request.clone()).await.is_err() {
+                        break;
+                    }
+                }
             }
         }
         0
@@ -670,7 +681,7 @@ async fn connect_rate(args: &ConnectArgs) -> anyhow::Result<serde_json::Value> {
     let c = &args.common;
     let (stop_load, load_stop) = watch::channel(false);
     let load = if args.burst_subscribers > 0 {
-        burst_load(c, args.burst_subscribers, load_stop).await?
+        burst_load(c, args.burst_subscribers, args.burst_rate, load_stop).await?
     } else {
         Vec::new()
     };
@@ -720,6 +731,7 @@ async fn connect_rate(args: &ConnectArgs) -> anyhow::Result<serde_json::Value> {
         "connections": args.connections,
         "connectors": args.connectors,
         "burst_subscribers": args.burst_subscribers,
+        "burst_rate": args.burst_rate,
         "burst_deliveries_per_sec": (burst_deliveries as f64 / elapsed).round(),
         "failed": failed,
         "elapsed_secs": round(elapsed),

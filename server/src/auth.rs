@@ -64,6 +64,19 @@ pub enum ApplicationsError {
         /// The application's position, from 1.
         position: usize,
     },
+    /// A key the file format does not have (a typo such as `authorizedOpen`).
+    #[error(
+        "application {position}: unknown key '{key}' (the keys are key, secret, authorizeOpen)"
+    )]
+    UnknownKey {
+        /// The application's position, from 1.
+        position: usize,
+        /// The key.
+        key: String,
+    },
+    /// A top-level key other than `applications`.
+    #[error("unknown key '{0}' (the file has one key: applications)")]
+    UnknownTopKey(String),
 }
 
 /// What a connection showed at its handshake: what `AuthManager`s decide on.
@@ -236,9 +249,28 @@ impl ApplicationsAuthManager {
             Some(_) => return Err(ApplicationsError::NotAList),
             None => return Err(ApplicationsError::NoApplications),
         };
+        if let Value::Mapping(top) = &doc {
+            if let Some(other) = top.keys().find(|k| k.as_str() != Some("applications")) {
+                let name = other
+                    .as_str()
+                    .map_or_else(|| format!("{other:?}"), str::to_owned);
+                return Err(ApplicationsError::UnknownTopKey(name));
+            }
+        }
         let mut applications = Vec::with_capacity(list.len());
         for (i, app) in list.iter().enumerate() {
             let position = i + 1;
+            if let Value::Mapping(fields) = app {
+                if let Some(other) = fields
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), Some("key" | "secret" | "authorizeOpen")))
+                {
+                    let key = other
+                        .as_str()
+                        .map_or_else(|| format!("{other:?}"), str::to_owned);
+                    return Err(ApplicationsError::UnknownKey { position, key });
+                }
+            }
             let text_field = |field: &'static str| match app.get(field) {
                 Some(Value::String(s)) => Ok(s.clone()),
                 Some(Value::Number(n)) => Ok(n.to_string()),
@@ -376,6 +408,14 @@ mod tests {
         assert_eq!(
             e("applications:\n  - key: a\n    secret: b\n    authorizeOpen: 1\n"),
             ApplicationsError::NotABool { position: 1 }
+        );
+        assert_eq!(
+            e("applications:\n  - key: a\n    secret: b\n    authorizeOpen: true\n    authorizedOpen: false\n"),
+            ApplicationsError::UnknownKey { position: 1, key: "authorizedOpen".into() }
+        );
+        assert_eq!(
+            e("applications: []\napps: 1\n"),
+            ApplicationsError::UnknownTopKey("apps".into())
         );
     }
 

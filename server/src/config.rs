@@ -74,7 +74,12 @@ pub struct Config {
     pub history_ttl: std::time::Duration,
     /// The secret of the server API (`--api-key`); `None` turns the API off.
     pub api_key: Option<crate::api::ApiKey>,
+    /// How long a SIGTERM drains before closing what is left (`--shutdown-grace`).
+    pub shutdown_grace: std::time::Duration,
 }
+
+/// Default `--shutdown-grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Default `--handshake-timeout`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -133,6 +138,7 @@ impl Default for Config {
             history_bytes: DEFAULT_HISTORY_BYTES,
             history_ttl: DEFAULT_HISTORY_TTL,
             api_key: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }

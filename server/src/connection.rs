@@ -349,7 +349,9 @@ fn reply(conn: &Connection, router: &Router, frame: ServerFrame) {
 
 /// Answers a refused request: an error frame in envelope mode, a close in raw mode.
 fn refuse(conn: &Connection, router: &Router, id: Option<tagcast::RequestId>, refusal: Refusal) {
-    tracing::debug!(connection = conn.id, reason = refusal.reason.label(), error = %refusal.text, "request refused");
+    if router.refusals.allow() {
+        tracing::info!(connection = conn.id, peer = %conn.peer, reason = refusal.reason.label(), error = %refusal.text, "request refused");
+    }
     if conn.envelope {
         let frame = ServerFrame::Error {
             id,

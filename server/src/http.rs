@@ -57,6 +57,8 @@ pub struct AppState {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The bus between the nodes of a cluster.
     pub bus: Arc<dyn Bus>,
+    /// Set when a drain begins (SIGTERM): `/readyz` and new handshakes answer 503.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Read buffer of each connection. tungstenite's default (128 KiB) would cost that much per
@@ -70,6 +72,8 @@ const WRITE_BUFFER: usize = 16 * 1024;
 pub fn app(state: Arc<AppState>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/publish", post(publish))
         .route("/presence", get(presence))
@@ -89,6 +93,28 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
             "cluster unavailable: the Redis bus is down",
         )
     }
+}
+
+/// The process serves (a liveness probe: unlike `/healthz`, a Redis outage does not fail it).
+async fn livez() -> Response {
+    "ok".into_response()
+}
+
+/// Whether to send traffic here: 503 while the bus is down or the server drains.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: the server is shutting down",
+        );
+    }
+    if !state.bus.is_up() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster unavailable: the Redis bus is down",
+        );
+    }
+    "ok".into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -336,6 +362,13 @@ async fn websocket_or_426(
         Err(Some((status, why))) => return text(status, why),
         Err(None) => return plain_request(&state, parts, body).await,
     };
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        state.metrics.handshake_rejected(503);
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down: connect to another node",
+        );
+    }
     let handshake = Handshake {
         peer,
         query: parts.uri.query().map(parse_query).unwrap_or_default(),
@@ -345,7 +378,9 @@ async fn websocket_or_426(
         Ok(admitted) => admitted,
         Err(refused) => {
             let status = refused.status();
-            tracing::debug!(%peer, status, reason = %refused.text(), "handshake refused");
+            if state.router.refusals.allow() {
+                tracing::info!(%peer, status, reason = %refused.text(), "handshake refused");
+            }
             state.metrics.handshake_rejected(status);
             return text(self::status(status), refused.text());
         }

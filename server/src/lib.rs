@@ -24,6 +24,7 @@ pub mod deadline;
 pub mod handshake;
 pub mod history;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod outbox;
 pub mod refusal;
@@ -164,6 +165,7 @@ impl ServerBuilder {
                 }),
             )),
             tokens: tokens.clone(),
+            refusals: Default::default(),
         });
         let static_files = match &config.static_dir {
             Some(dir) => {
@@ -200,6 +202,7 @@ impl ServerBuilder {
                 metrics,
                 tls,
                 bus,
+                draining: Default::default(),
             }),
             bus_started: Default::default(),
         })
@@ -248,6 +251,13 @@ impl Server {
     /// ```
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
+    }
+
+    /// A handle that drains the server (see [`Drainer::drain`]), for a graceful shutdown.
+    pub fn drainer(&self) -> Drainer {
+        Drainer {
+            state: self.state.clone(),
+        }
     }
 
     /// The open connections (for embedding applications and tests).
@@ -327,6 +337,38 @@ impl Server {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Drains a running server: `/readyz` and new WebSocket handshakes answer 503, and open
+/// connections may finish until none is left or the grace ends.
+#[derive(Clone)]
+pub struct Drainer {
+    state: Arc<AppState>,
+}
+
+impl std::fmt::Debug for Drainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Drainer")
+    }
+}
+
+impl Drainer {
+    /// Starts draining and completes when no connection is left or `grace` has passed: use it
+    /// in the shutdown future given to [`Server::run`], which then closes what is left with 1001.
+    pub async fn drain(&self, grace: Duration) {
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            connections = self.state.registry.len(),
+            "draining: refusing new connections for up to {} s",
+            grace.as_secs_f64()
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.state.registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -11,9 +11,17 @@ use tagcast::{Tags, WebSocketClient, WebSocketRequest};
 use tagcast_server::config::TlsFiles;
 use tagcast_server::{Config, MessageMode, Server};
 
+mod config_file;
+
 /// Tagcast: a WebSocket server that forwards each message to the connections whose tags match.
 #[derive(Debug, Parser)]
-#[command(name = "tagcast", version, about, propagate_version = true)]
+#[command(
+    name = "tagcast",
+    version,
+    about,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,6 +39,28 @@ enum Command {
     Token(TokenArgs),
     /// Exit 0 when the local server answers GET /healthz with 200 (for container health checks).
     Healthcheck(HealthcheckArgs),
+    /// Check everything `serve` would (files, TLS pair, Redis reachable) without opening a port.
+    CheckConfig(ServeArgs),
+    /// Write a self-signed certificate and key for local TLS (cert.pem, key.pem).
+    DevCert(DevCertArgs),
+}
+
+#[derive(Debug, Args)]
+struct DevCertArgs {
+    /// The host name the certificate is for (also valid for 127.0.0.1 and ::1).
+    #[arg(long, default_value = "localhost")]
+    host: String,
+    /// The folder to write cert.pem and key.pem into.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -83,7 +113,7 @@ struct ServeArgs {
     auth: Option<PathBuf>,
     /// With --auth: whether anyone may open a connection (false: only with an application's key).
     #[arg(long, env = "TAGCAST_AUTHORIZE_OPEN", default_value = "true", value_name = "true|false",
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolValueParser::new())]
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     authorize_open: bool,
     /// Outgoing queue of each connection, in messages; a full queue disconnects a slow consumer.
     #[arg(long, env = "TAGCAST_QUEUE_SIZE", default_value_t = tagcast_server::config::DEFAULT_QUEUE_SIZE)]
@@ -154,11 +184,27 @@ struct ServeArgs {
     /// Write a frame straight into a quiet recipient's socket instead of waking its task (plain
     /// TCP only); false queues every frame (for debugging, and to compare both paths).
     #[arg(long, env = "TAGCAST_DIRECT_WRITES", default_value = "true", value_name = "true|false",
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolValueParser::new())]
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     direct_writes: bool,
     /// Connections' tags come from tokens signed by an application's backend (needs --auth).
-    #[arg(long, env = "TAGCAST_SIGNED_TAGS")]
+    #[arg(long, env = "TAGCAST_SIGNED_TAGS", value_parser = clap::builder::BoolishValueParser::new())]
     signed_tags: bool,
+    /// A TOML or YAML file with serve options (the flags' names as keys); flags and
+    /// TAGCAST_* variables win over it.
+    #[arg(long, env = "TAGCAST_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How log lines are written to stderr.
+    #[arg(long, env = "TAGCAST_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// On SIGTERM: seconds to drain (readiness 503, new connections refused) before closing
+    /// what is left with 1001 (SIGINT closes at once).
+    #[arg(
+        long,
+        env = "TAGCAST_SHUTDOWN_GRACE",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    shutdown_grace: u64,
     /// Serve this folder on plain GET requests (index.html at /), e.g. the web demo.
     #[arg(long = "static", env = "TAGCAST_STATIC", value_name = "DIR")]
     static_dir: Option<PathBuf>,
@@ -210,6 +256,7 @@ impl ServeArgs {
             signed_tags: self.signed_tags,
             direct_writes: self.direct_writes,
             api_key: self.api_key.map(tagcast_server::api::ApiKey),
+            shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace),
             history: self.history,
             history_bytes: self.history_bytes,
             history_ttl: std::time::Duration::from_secs(self.history_ttl),
@@ -261,21 +308,33 @@ struct ListenArgs {
 }
 
 fn main() -> ExitCode {
+    // Before clap reads anything: a config file's values become TAGCAST_* variables where none
+    // is set, so flags win over variables, which win over the file.
+    if let Err(e) = config_file::apply(std::env::args_os().collect()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(CONFIG_ERROR);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // --help and --version print as usual; a bad flag is one line naming it, exit 2.
-        Err(e) if !e.use_stderr() => e.exit(),
+        // --help, --version and a bare `tagcast` (its help) print as usual.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        // A bad flag or variable: clap's whole message (what is missing, tips, possible
+        // values, usage) on one line, exit 2.
         Err(e) => {
-            let rendered = e.to_string();
-            let line = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            eprintln!("{line} (see 'tagcast --help')");
+            eprintln!("{}", one_line(&e.to_string()));
             return ExitCode::from(CONFIG_ERROR);
         }
     };
-    init_tracing();
+    let log_format = match &cli.command {
+        Command::Serve(args) | Command::CheckConfig(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    init_tracing(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -292,18 +351,98 @@ fn main() -> ExitCode {
         Command::Listen(args) => runtime.block_on(listen(args)),
         Command::Token(args) => report(token(args)),
         Command::Healthcheck(args) => report(runtime.block_on(healthcheck(args))),
+        Command::CheckConfig(args) => runtime.block_on(check_config(args)),
+        Command::DevCert(args) => report(dev_cert(args)),
     }
 }
 
-fn init_tracing() {
+/// Clap's message as one line: its lines joined, blank ones and the `--help` hint left out.
+fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    let mut line = String::new();
+    for part in parts {
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    format!("{line} (see 'tagcast --help')")
+}
+
+fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// Checks what `serve` would: the options, the files (auth, schema, TLS pair, static folder),
+/// and Redis reachable; opens no port.
+async fn check_config(args: ServeArgs) -> ExitCode {
+    let config = args.into_config();
+    let server = match Server::builder().config(config).build() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    if let Err(e) = server.connect_cluster().await {
+        eprintln!("error: {e}");
+        return ExitCode::from(CONFIG_ERROR);
+    }
+    println!("configuration ok");
+    ExitCode::SUCCESS
+}
+
+/// Writes a self-signed certificate for `--host` (and 127.0.0.1, ::1) and its key.
+fn dev_cert(args: DevCertArgs) -> anyhow::Result<()> {
+    let mut names = vec![args.host.clone()];
+    for extra in ["127.0.0.1", "::1"] {
+        if !names.iter().any(|n| n == extra) {
+            names.push(extra.to_owned());
+        }
+    }
+    let certified =
+        rcgen::generate_simple_self_signed(names).context("cannot generate the certificate")?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let cert = args.out.join("cert.pem");
+    let key = args.out.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem())
+        .with_context(|| format!("cannot write {}", cert.display()))?;
+    write_private(&key, certified.signing_key.serialize_pem().as_bytes())
+        .with_context(|| format!("cannot write {}", key.display()))?;
+    println!("{}", cert.display());
+    println!("{}", key.display());
+    eprintln!(
+        "for {}: tagcast serve --tls-cert {} --tls-key {}; clients: --ca-cert {}",
+        args.host,
+        cert.display(),
+        key.display(),
+        cert.display()
+    );
+    Ok(())
+}
+
+/// Writes a file only its owner can read (a private key).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {
@@ -322,6 +461,7 @@ const CONFIG_ERROR: u8 = 2;
 async fn serve(args: ServeArgs) -> ExitCode {
     let config = args.into_config();
     let addr = (config.host, config.port);
+    let grace = config.shutdown_grace;
     let server = match Server::builder().config(config).build() {
         Ok(s) => s,
         Err(e) => {
@@ -340,7 +480,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(CONFIG_ERROR);
         }
     };
-    match server.run(listener, shutdown_signal()).await {
+    let drainer = server.drainer();
+    let shutdown = async move {
+        // SIGTERM drains first; SIGINT closes at once.
+        if shutdown_signal().await == Signal::Terminate {
+            drainer.drain(grace).await;
+        }
+    };
+    match server.run(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -349,7 +496,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+/// The signal that asked the process to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+async fn shutdown_signal() -> Signal {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -365,8 +519,8 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        _ = ctrl_c => Signal::Interrupt,
+        _ = term => Signal::Terminate,
     }
 }
 
@@ -469,6 +623,13 @@ async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
     let answer = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
         .await
         .context("no answer within 5 s")??;
+    if !answer.starts_with(b"HTTP/") {
+        anyhow::bail!(
+            "the server on 127.0.0.1:{} did not answer plain HTTP: it serves TLS (--tls-cert), \
+             which healthcheck does not speak; probe https://…/healthz (or /livez) instead",
+            args.port
+        );
+    }
     let status_line = String::from_utf8_lossy(&answer);
     let status_line = status_line.lines().next().unwrap_or_default();
     anyhow::ensure!(

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub history_requests: Gauge,
     /// Bytes of the frames kept in the history (set at each scrape).
     pub history_bytes: Gauge,
+    /// When the process started (Unix seconds).
+    started: f64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -178,8 +180,22 @@ impl Metrics {
             history_bytes.clone(),
         );
 
+        let build_info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; its version label tells which Tagcast serves",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+
         Metrics {
             registry,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default(),
             retags,
             api,
             history_requests,
@@ -246,10 +262,78 @@ impl Metrics {
         };
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric, the process's own first.
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        // The process metrics every Prometheus user expects, without the `tagcast_` prefix;
+        // the OpenMetrics `# EOF` line stays last.
+        let end = out.rfind("# EOF").unwrap_or(out.len());
+        let mut process = String::new();
+        process_metrics(&mut process, self.started);
+        out.insert_str(end, &process);
         out
+    }
+}
+
+/// `process_resident_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds` and
+/// `process_start_time_seconds`, read from `/proc/self` (Linux; nothing elsewhere).
+fn process_metrics(out: &mut String, started: f64) {
+    use std::fmt::Write;
+    fn gauge(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}.\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    gauge(
+        out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch in seconds",
+        started,
+    );
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+        if let Some(kib) = rss_kib {
+            gauge(
+                out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes",
+                kib * 1024.0,
+            );
+        }
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (in parentheses, which may hold spaces): utime and
+        // stime are the 12th and 13th, in clock ticks of 1/100 s.
+        let ticks = stat.rfind(')').and_then(|end| {
+            let fields: Vec<&str> = stat[end + 2..].split(' ').collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some(user + system)
+        });
+        if let Some(ticks) = ticks {
+            // The counter's OpenMetrics name carries the `_total` suffix.
+            let _ = writeln!(
+                out,
+                "# HELP process_cpu_seconds Total user and system CPU time spent in seconds.\n\
+                 # TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total {}",
+                ticks / 100.0
+            );
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            out,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors",
+            fds.count() as f64,
+        );
     }
 }

@@ -254,6 +254,8 @@ pub struct Router {
     pub fanout: Arc<Fanout>,
     /// With `--signed-tags`: the applications whose secrets sign tokens (retag commands).
     pub tokens: Option<Arc<ApplicationsAuthManager>>,
+    /// The budget of refusal log lines (handshakes and requests).
+    pub refusals: crate::logs::LogLimiter,
 }
 
 impl std::fmt::Debug for Router {

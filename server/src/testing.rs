@@ -64,6 +64,7 @@ pub fn router(registry: &Arc<Registry>, auth: Arc<dyn AuthManager>, bus: Arc<dyn
         bus,
         fanout: Arc::new(Fanout::new(registry.clone(), metrics, None)),
         tokens: None,
+        refusals: Default::default(),
     }
 }
 

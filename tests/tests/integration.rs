@@ -15,6 +15,7 @@ mod it {
     mod http_api;
     mod lifecycle;
     mod limits;
+    mod operations;
     mod payload;
     mod retag;
     mod routing;

@@ -13,27 +13,19 @@ use super::util::*;
 /// How long a child process may take to start, answer or exit.
 const PROCESS_WAIT: Duration = Duration::from_secs(15);
 
-/// Variables of the binary that must not leak in from the environment running the tests.
-const CLEARED_ENV: &[&str] = &[
-    "RUST_LOG",
-    "TAGCAST_URL",
-    "TAGCAST_HOST",
-    "TAGCAST_PORT",
-    "TAGCAST_MESSAGES",
-    "TAGCAST_MESSAGE_SCHEMA",
-    "TAGCAST_AUTH",
-    "TAGCAST_AUTHORIZE_OPEN",
-    "TAGCAST_QUEUE_SIZE",
-    "TAGCAST_MAX_MESSAGE_BYTES",
-    "TAGCAST_MAX_CONNECTIONS",
-    "TAGCAST_MAX_TAGS",
-];
-
+/// The `tagcast` binary with `args`, and of the environment only what `env` sets.
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(tagcast_bin());
     command.args(args).kill_on_drop(true);
-    for name in CLEARED_ENV {
-        command.env_remove(name);
+    // Every TAGCAST_* variable of the test's own environment is cleared: only what a test
+    // sets reaches the binary.
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with("TAGCAST_") || n == "RUST_LOG")
+        {
+            command.env_remove(name);
+        }
     }
     for (name, value) in env {
         command.env(name, value);
@@ -43,7 +35,7 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// A running child: its output lines arrive on channels and the whole stderr is kept.
 /// Dropping it kills the process.
-struct Running {
+pub(super) struct Running {
     child: Child,
     stdout: mpsc::UnboundedReceiver<String>,
     stderr: mpsc::UnboundedReceiver<String>,
@@ -75,6 +67,11 @@ where
     rx
 }
 
+/// Starts `tagcast` with `args` (for other modules' tests).
+pub(super) fn spawn_tagcast(args: &[&str], env: &[(&str, &str)]) -> Running {
+    spawn(args, env)
+}
+
 fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = command(args, env)
         .stdin(Stdio::null())
@@ -95,7 +92,7 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
 
 impl Running {
     /// The first stderr line containing `needle` (earlier lines are skipped).
-    async fn stderr_line_with(&mut self, needle: &str) -> String {
+    pub(super) async fn stderr_line_with(&mut self, needle: &str) -> String {
         let wait = async {
             while let Some(line) = self.stderr.recv().await {
                 if line.contains(needle) {
@@ -116,7 +113,7 @@ impl Running {
         }
     }
 
-    async fn next_stdout_line(&mut self) -> String {
+    pub(super) async fn next_stdout_line(&mut self) -> String {
         tokio::time::timeout(PROCESS_WAIT, self.stdout.recv())
             .await
             .expect("a stdout line in time")
@@ -129,7 +126,7 @@ impl Running {
         }
     }
 
-    async fn exit_status(&mut self) -> ExitStatus {
+    pub(super) async fn exit_status(&mut self) -> ExitStatus {
         tokio::time::timeout(PROCESS_WAIT, self.child.wait())
             .await
             .expect("the process exits in time")
@@ -141,16 +138,25 @@ impl Running {
     }
 
     /// Sends SIGTERM through `kill(1)`.
-    fn terminate(&self) {
+    pub(super) fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends SIGINT through `kill(1)`.
+    pub(super) fn interrupt(&self) {
+        self.signal("-INT");
+    }
+
+    fn signal(&self, which: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([which, &self.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
     }
 
     /// The whole stderr once the process has exited and its pipe is drained.
-    async fn stderr_after_exit(&mut self) -> String {
+    pub(super) async fn stderr_after_exit(&mut self) -> String {
         self.exit_status().await;
         // The reader task ends with the pipe; wait for it.
         let _ = tokio::time::timeout(PROCESS_WAIT, async {
@@ -162,7 +168,7 @@ impl Running {
 }
 
 /// Runs a short command to its end; returns exit status, stdout and stderr.
-async fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+pub(super) async fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let output = command(args, env).stdin(Stdio::null()).output();
     let output = tokio::time::timeout(PROCESS_WAIT, output)
         .await
@@ -192,8 +198,23 @@ impl Serve {
         self.process.pid()
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends SIGTERM.
+    pub(super) fn terminate(&self) {
+        self.process.terminate();
+    }
+
+    /// Waits for the process to exit.
+    pub(super) async fn exit_status(&mut self) -> ExitStatus {
+        self.process.exit_status().await
+    }
+
+    /// The whole stderr once the process has exited.
+    pub(super) async fn stderr_after_exit(&mut self) -> String {
+        self.process.stderr_after_exit().await
     }
 
     /// Waits until `/metrics` counts `n` open connections.
@@ -455,7 +476,8 @@ async fn a_bad_port_flag_exits_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_connections_with_1001_and_exits_0() {
-    let mut server = serve(&[], &[]).await;
+    // No drain: straight to the close (the drain has its own test in operations.rs).
+    let mut server = serve(&["--shutdown-grace", "0"], &[]).await;
     let mut a = raw(&server.url()).await;
     let mut b = envelope(&server.url()).await;
     server.wait_connections(2).await;
@@ -465,6 +487,17 @@ async fn sigterm_closes_connections_with_1001_and_exits_0() {
     server.process.terminate();
     assert_eq!(recv_close(&mut a).await.0, 1001);
     assert_eq!(recv_close(&mut b).await.0, 1001);
+    let status = server.process.exit_status().await;
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_closes_at_once_without_a_drain() {
+    let mut server = serve(&["--shutdown-grace", "60"], &[]).await;
+    let mut ws = raw(&server.url()).await;
+    server.wait_connections(1).await;
+    server.process.interrupt();
+    assert_eq!(recv_close(&mut ws).await.0, 1001);
     let status = server.process.exit_status().await;
     assert_eq!(status.code(), Some(0), "{status}");
 }
@@ -480,6 +513,8 @@ async fn secrets_never_reach_the_log() {
             "false",
             "--api-key",
             API_KEY,
+            "--shutdown-grace",
+            "0",
         ],
         &[("RUST_LOG", "trace")],
     )
