@@ -35,7 +35,7 @@ enum Command {
     Send(SendArgs),
     /// Open a connection and print every message it receives, one per line.
     Listen(ListenArgs),
-    /// Print a signed-tags token (PROTOCOL.md §5.1) for a backend to hand to one user.
+    /// Print a signed-tags token (see "Signed tags" in the README) for a backend to hand to one user.
     Token(TokenArgs),
     /// Exit 0 when the local server answers GET /healthz with 200 (for container health checks).
     Healthcheck(HealthcheckArgs),

@@ -240,3 +240,11 @@ async fn metrics_carry_the_build_and_the_process() {
     assert!(sample(&metrics, "process_start_time_seconds") > 1.7e9);
     assert!(metrics.trim_end().ends_with("# EOF"), "EOF stays last");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_config_in_docs_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/tagcast.example.toml");
+    let (status, stdout, stderr) = run(&["check-config", "--config", example], &[]).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("configuration ok"), "{stdout}");
+}
