@@ -530,8 +530,11 @@ impl TagcastClient {
     /// `TagcastEventMap`); returns a function that removes it. Throws a `bad_request`
     /// `TagcastError` for another event name. (Typed in `TagcastClient`'s interface.)
     #[wasm_bindgen(skip_typescript)]
-    pub fn on(&self, event: &str, handler: js_sys::Function) -> Result<js_sys::Function, JsValue> {
+    pub fn on(&self, event: &str, handler: JsValue) -> Result<js_sys::Function, JsValue> {
         let kind = Kind::parse(event)?;
+        let handler: js_sys::Function = handler
+            .dyn_into()
+            .map_err(|_| bad_request(format!("the {event:?} handler must be a function")))?;
         handlers(&self.inner)
             .borrow_mut()
             .add(kind, handler.clone());

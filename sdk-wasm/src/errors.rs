@@ -23,7 +23,9 @@ pub(crate) fn bad_request(message: impl std::fmt::Display) -> JsValue {
 /// `closed`, and everything else is about the caller's input (`bad_request`).
 pub(crate) fn from_sdk(error: &tagcast::Error) -> JsValue {
     let code = match error {
-        tagcast::Error::Connect(_) | tagcast::Error::Closed(_) => CLOSED,
+        tagcast::Error::Connect(_)
+        | tagcast::Error::Closed(_)
+        | tagcast::Error::NotConnected(_) => CLOSED,
         other => other.code().unwrap_or(ErrorCode::BadRequest).as_str(),
     };
     tagcast_error(code, &error.to_string())

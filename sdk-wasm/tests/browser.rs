@@ -112,7 +112,7 @@ fn record_events(client: &TagcastClient, events: &[&str]) -> (Log, Vec<Function>
             sink.borrow_mut().push((name.clone(), text));
         });
         let handler: Function = handler.into_js_value().unchecked_into();
-        removers.push(client.on(event, handler).unwrap());
+        removers.push(client.on(event, handler.into()).unwrap());
     }
     (log, removers)
 }
@@ -474,11 +474,13 @@ async fn handlers_come_and_go_and_throwing_ones_are_reported() {
     .unwrap();
     // An unknown event is the caller's mistake.
     let err = client
-        .on("mesage", Function::new_no_args(""))
+        .on("mesage", Function::new_no_args("").into())
         .err()
         .unwrap();
     assert_eq!(code(&err), "bad_request");
     assert!(text(&err).contains("mesage"), "{}", text(&err));
+    let err = client.on("message", "not a function".into()).err().unwrap();
+    assert_eq!(code(&err), "bad_request");
 
     let (log, removers) = record_events(&client, &["message", "error"]);
     // A handler that throws, added twice (kept once), and through the older API too.
@@ -486,8 +488,8 @@ async fn handlers_come_and_go_and_throwing_ones_are_reported() {
         Err(JsValue::from_str("boom"))
     });
     let thrower: Function = thrower.into_js_value().unchecked_into();
-    client.on("message", thrower.clone()).unwrap();
-    let remove_thrower = client.on("message", thrower.clone()).unwrap();
+    client.on("message", thrower.clone().into()).unwrap();
+    let remove_thrower = client.on("message", thrower.clone().into()).unwrap();
     client.on_message(thrower.clone());
 
     send(&client, "one".into(), js(tags.clone())).await.unwrap();
