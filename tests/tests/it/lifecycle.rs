@@ -131,9 +131,10 @@ async fn healthz_answers_200_ok() {
 async fn silent_peers_are_pinged_and_dropped_when_they_stop_answering() {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The live client has 1.75 s to answer a ping: enough on a loaded machine.
     let server = TestServer::with_config(tagcast_server::Config {
-        ping_interval: Some(Duration::from_millis(200)),
-        idle_timeout: Some(Duration::from_millis(700)),
+        ping_interval: Some(Duration::from_millis(250)),
+        idle_timeout: Some(Duration::from_secs(2)),
         ..tagcast_server::Config::default()
     })
     .await;
@@ -157,7 +158,7 @@ async fn silent_peers_are_pinged_and_dropped_when_they_stop_answering() {
         let mut pings = 0;
         loop {
             match tokio::time::timeout(
-                Duration::from_secs(10),
+                Duration::from_secs(20),
                 futures_util::StreamExt::next(&mut alive),
             )
             .await
@@ -169,10 +170,23 @@ async fn silent_peers_are_pinged_and_dropped_when_they_stop_answering() {
             }
         }
     });
-    // The silent one is dropped: its socket ends within a few seconds.
-    let mut sink = Vec::new();
-    let ended = tokio::time::timeout(Duration::from_secs(6), dead.read_to_end(&mut sink)).await;
+    // The silent one gets pings, then the close 1001 `idle timeout`, and its socket ends:
+    // after the 2 s idle timeout and at most the 5 s the server gives a close.
+    let mut received = Vec::new();
+    let ended =
+        tokio::time::timeout(Duration::from_secs(15), dead.read_to_end(&mut received)).await;
     assert!(ended.is_ok(), "the silent peer was never dropped");
+    let head_end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the 101 answer")
+        + 4;
+    assert!(received.starts_with(b"HTTP/1.1 101"), "{received:?}");
+    assert_eq!(
+        server_close_frame(&received[head_end..]),
+        Some((1001, "idle timeout".to_owned())),
+        "the idle peer's close frame"
+    );
     server.wait_connections(1).await;
     http_post(
         server.addr,

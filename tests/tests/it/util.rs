@@ -523,3 +523,28 @@ pub fn sample(text: &str, series: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// The close frame (code and reason) among the unmasked server frames in `bytes`, as read off
+/// a raw TCP socket; `None` if the bytes hold no complete close frame.
+pub fn server_close_frame(bytes: &[u8]) -> Option<(u16, String)> {
+    let mut i = 0;
+    while i + 2 <= bytes.len() {
+        let opcode = bytes[i] & 0x0f;
+        let mut len = (bytes[i + 1] & 0x7f) as usize;
+        let mut at = i + 2;
+        if len == 126 {
+            len = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().unwrap()) as usize;
+            at += 2;
+        } else if len == 127 {
+            len = u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().unwrap()) as usize;
+            at += 8;
+        }
+        let payload = bytes.get(at..at + len)?;
+        if opcode == 8 && len >= 2 {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+        }
+        i = at + len;
+    }
+    None
+}
