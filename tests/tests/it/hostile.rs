@@ -77,29 +77,25 @@ fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads the server's close frame code from a raw stream (or 0 if the stream just ended).
+/// Reads a raw stream to its end (an error ends it too: the server may reset a socket whose
+/// input it stopped reading) and returns the code of the server's close frame; panics without
+/// one.
 async fn close_code(tcp: &mut TcpStream) -> u16 {
     let mut all = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut all)).await;
-    // Server frames are unmasked: find the close frame (opcode 8).
-    let mut i = 0;
-    while i + 2 <= all.len() {
-        let opcode = all[i] & 0x0f;
-        let mut len = (all[i + 1] & 0x7f) as usize;
-        let mut at = i + 2;
-        if len == 126 {
-            len = u16::from_be_bytes([all[at], all[at + 1]]) as usize;
-            at += 2;
-        } else if len == 127 {
-            len = u64::from_be_bytes(all[at..at + 8].try_into().unwrap()) as usize;
-            at += 8;
-        }
-        if opcode == 8 && len >= 2 {
-            return u16::from_be_bytes([all[at], all[at + 1]]);
-        }
-        i = at + len;
-    }
-    0
+    let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut all)).await;
+    let close = server_close_frame(&all);
+    assert!(
+        read.is_ok() || close.is_some(),
+        "the server neither closed nor ended the connection within 5 s"
+    );
+    close
+        .unwrap_or_else(|| {
+            panic!(
+                "no close frame before the end ({read:?}, {} bytes)",
+                all.len()
+            )
+        })
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,19 +192,27 @@ async fn ping_floods_and_connection_churn_leave_others_served() {
     healthy.still_served().await;
 }
 
-/// 10,000 pings in a burst, then the flooder goes.
+/// 10,000 pings in a burst; the flooder's connection must survive them (it still gets a
+/// message routed to it), then it goes.
 async fn ping_flood(url: &str) {
-    let mut flooder = raw(url).await;
-    for _ in 0..10_000 {
-        if flooder
+    let mut flooder = raw(&format!("{url}/?tags={}", encode(r#"{"flooder":1}"#))).await;
+    for i in 0..10_000 {
+        flooder
             .feed(Message::Ping(vec![0u8; 16].into()))
             .await
-            .is_err()
-        {
-            break;
-        }
+            .unwrap_or_else(|e| panic!("ping flood: ping {i} failed: {e}"));
     }
-    let _ = flooder.flush().await;
+    flooder
+        .flush()
+        .await
+        .unwrap_or_else(|e| panic!("ping flood: the flush failed: {e}"));
+    // Its own request comes back after the pongs: the server read every ping.
+    send_text(
+        &mut flooder,
+        r#"{"message":"after the flood","tags":{"flooder":1}}"#,
+    )
+    .await;
+    assert_eq!(recv_text(&mut flooder).await, r#""after the flood""#);
 }
 
 /// `n` connects and disconnects, 64 at a time, every other one abrupt.
@@ -217,10 +221,13 @@ async fn churn(url: &str, n: usize) {
     for i in 0..n {
         let url = format!("{url}/?tags={}", encode(&format!(r#"{{"churn":{i}}}"#)));
         tasks.push(tokio::spawn(async move {
-            if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
-                if i % 2 == 0 {
-                    let _ = ws.close(None).await;
-                }
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+                .await
+                .unwrap_or_else(|e| panic!("churn: connection {i} failed: {e}"));
+            if i % 2 == 0 {
+                ws.close(None)
+                    .await
+                    .unwrap_or_else(|e| panic!("churn: closing connection {i} failed: {e}"));
             }
         }));
         if tasks.len() >= 64 {
@@ -257,19 +264,32 @@ async fn hostile_round(addr: SocketAddr) {
     let url = format!("ws://{addr}");
     // Malformed frames, over the default 1 MiB limit, and deep nesting: each closes its sender.
     let cases = [
-        frame(true, 1, &[0xff, 0xfe, b'"']),
-        frame(true, 0, b"x"),
-        frame(true, 1, &vec![b'a'; 4 * 1024 * 1024]),
-        frame(
-            true,
-            1,
-            format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)).as_bytes(),
+        ("invalid UTF-8", frame(true, 1, &[0xff, 0xfe, b'"']), 1007),
+        ("a continuation of nothing", frame(true, 0, b"x"), 1002),
+        (
+            "a data frame inside a fragmented message",
+            [frame(false, 1, b"{\"mess"), frame(true, 2, b"age\":1}")].concat(),
+            1002,
+        ),
+        (
+            "4 MiB over a 1 MiB limit",
+            frame(true, 1, &vec![b'a'; 4 * 1024 * 1024]),
+            1009,
+        ),
+        (
+            "20,000 levels of nesting",
+            frame(
+                true,
+                1,
+                format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)).as_bytes(),
+            ),
+            1007,
         ),
     ];
-    for bytes in cases {
+    for (attack, bytes, code) in cases {
         let mut tcp = handshaken(addr).await;
         let _ = tcp.write_all(&bytes).await;
-        assert_ne!(close_code(&mut tcp).await, 0);
+        assert_eq!(close_code(&mut tcp).await, code, "{attack}");
     }
     // 10,000 tags in a request.
     let tags: Vec<String> = (0..10_000).map(|i| format!(r#""t{i}":{i}"#)).collect();
@@ -279,7 +299,9 @@ async fn hostile_round(addr: SocketAddr) {
         &format!(r#"{{"message":"x","tags":{{{}}}}}"#, tags.join(",")),
     )
     .await;
-    assert_eq!(recv_close(&mut ws).await.0, 1007);
+    let (code, reason) = recv_close(&mut ws).await;
+    assert_eq!(code, 1007, "10,000 tags: {reason}");
+    assert!(reason.contains("too many tags"), "{reason}");
     ping_flood(&url).await;
     churn(&url, 1000).await;
     half_open(addr, 50).await;
