@@ -143,8 +143,14 @@ async fn raw_unauthorized_sends_close_the_sender_with_1008() {
             !reason.contains(SECRET1) && !reason.contains(SECRET2),
             "{reason}"
         );
-        // Nothing was delivered, and the other connection is untouched.
-        assert_silent(&mut listener).await;
+        // Nothing was delivered (the refused request was routed, or not, before its close): the
+        // next thing the listener gets is an authorized marker sent after the close.
+        send_text(
+            &mut listener,
+            &authorized_request("marker", "application2", SECRET2),
+        )
+        .await;
+        assert_eq!(recv_text(&mut listener).await, r#""marker""#, "{frame}");
     }
     send_text(
         &mut listener,
@@ -174,7 +180,7 @@ async fn envelope_unauthorized_sends_answer_an_error_and_stay_open() {
         !error["error"].as_str().unwrap_or_default().is_empty(),
         "{error}"
     );
-    assert_silent(&mut listener).await;
+    // Nothing was delivered: the listener's first frame is the authorized request below.
 
     // Still open: an authorized request on the same connection goes through.
     send_text(
@@ -226,7 +232,14 @@ async fn an_authorized_send_is_delivered() {
     )
     .await;
     assert_eq!(recv_text(&mut fr).await, r#""Bonjour""#);
-    assert_silent(&mut sender).await;
+    // The sender does not match: its first frame is a later message to everyone.
+    send_text(
+        &mut sender,
+        &authorized_request("to everyone", "application1", SECRET1),
+    )
+    .await;
+    assert_eq!(recv_text(&mut sender).await, r#""to everyone""#);
+    assert_eq!(recv_text(&mut fr).await, r#""to everyone""#);
 }
 
 fn build_error(yaml: Option<&str>) -> (PathBuf, String) {

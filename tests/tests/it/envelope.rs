@@ -38,8 +38,17 @@ async fn deliveries_carry_the_request_tags_and_acks_count_recipients() {
         recv_json(&mut sender).await,
         json!({"type":"ack","id":"abc","delivered":0})
     );
+    // No id, no ack: the first frame after it is the ack of the next request.
     send_text(&mut sender, r#"{"message":"x","tags":{"language":"EN"}}"#).await;
-    assert_silent(&mut sender).await;
+    send_text(
+        &mut sender,
+        r#"{"id":2,"message":"y","tags":{"language":"EN"}}"#,
+    )
+    .await;
+    assert_eq!(
+        recv_json(&mut sender).await,
+        json!({"type":"ack","id":2,"delivered":0})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

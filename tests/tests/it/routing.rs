@@ -20,9 +20,11 @@ async fn a_message_reaches_exactly_the_matching_connections() {
     .await;
     assert_eq!(recv_text(&mut fr).await, r#""Bonjour""#);
     assert_eq!(recv_text(&mut fr_user).await, r#""Bonjour""#);
-    assert_silent(&mut en).await;
-    assert_silent(&mut none).await;
-    assert_silent(&mut sender).await;
+    // A marker to everyone, after it from the same sender: it is the first thing the others get.
+    send_text(&mut sender, r#"{"message":"marker","tags":{}}"#).await;
+    for ws in [&mut en, &mut none, &mut sender, &mut fr, &mut fr_user] {
+        assert_eq!(recv_text(ws).await, r#""marker""#);
+    }
 
     // AND: both pairs must match.
     send_text(
@@ -31,7 +33,13 @@ async fn a_message_reaches_exactly_the_matching_connections() {
     )
     .await;
     assert_eq!(recv_text(&mut fr_user).await, r#""Salut 42""#);
-    assert_silent(&mut fr).await;
+    send_text(
+        &mut sender,
+        r#"{"message":"FR marker","tags":{"language":"FR"}}"#,
+    )
+    .await;
+    assert_eq!(recv_text(&mut fr).await, r#""FR marker""#);
+    assert_eq!(recv_text(&mut fr_user).await, r#""FR marker""#);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,11 +73,21 @@ async fn an_integer_tag_equals_its_decimal_text_only() {
     send_text(&mut sender, r#"{"message":"m","tags":{"user":"5"}}"#).await;
     assert_eq!(recv_text(&mut user5).await, r#""m""#);
     assert_eq!(recv_text(&mut user5_text).await, r#""m""#);
-    assert_silent(&mut user05).await;
+    send_text(
+        &mut sender,
+        r#"{"message":"05 marker","tags":{"user":"05"}}"#,
+    )
+    .await;
+    assert_eq!(recv_text(&mut user05).await, r#""05 marker""#);
     send_text(&mut sender, r#"{"message":"n","tags":{"user":5}}"#).await;
     assert_eq!(recv_text(&mut user5).await, r#""n""#);
     assert_eq!(recv_text(&mut user5_text).await, r#""n""#);
-    assert_silent(&mut user05).await;
+    send_text(
+        &mut sender,
+        r#"{"message":"05 again","tags":{"user":"05"}}"#,
+    )
+    .await;
+    assert_eq!(recv_text(&mut user05).await, r#""05 again""#);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
