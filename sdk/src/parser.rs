@@ -160,11 +160,38 @@ mod tests {
 
     #[test]
     fn string_parser_keeps_the_original_text() {
-        assert!(StringParser.parse(json!("x")).is_ok());
+        // The error text is the original server's, word for word (PROTOCOL.md §3).
         assert_eq!(
             StringParser.parse(json!({"a": 1})).unwrap_err().to_string(),
-            NOT_A_STRING
+            "The 'message' property is not a string, you must configure a message parser to parse messages !"
         );
-        assert!(JsonParser.parse(json!({"a": 1})).is_ok());
+        for not_a_string in [json!(1), json!(null), json!(true), json!([]), json!(1.5)] {
+            assert_eq!(
+                StringParser
+                    .parse(not_a_string.clone())
+                    .unwrap_err()
+                    .to_string(),
+                NOT_A_STRING,
+                "{not_a_string}"
+            );
+        }
+        // A string message is passed on as it is.
+        assert_eq!(
+            StringParser.parse(json!("x \"quoted\" é")).unwrap(),
+            json!("x \"quoted\" é")
+        );
+        assert_eq!(StringParser.parse(json!("")).unwrap(), json!(""));
+    }
+
+    #[test]
+    fn json_parser_passes_any_value_as_it_is() {
+        for value in [
+            json!({"a": [1, {"b": null}]}),
+            json!(1.5),
+            json!(null),
+            json!("x"),
+        ] {
+            assert_eq!(JsonParser.parse(value.clone()).unwrap(), value);
+        }
     }
 }
