@@ -421,7 +421,9 @@ async fn a_missing_auth_file_exits_2_with_one_line_naming_it() {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line: {stderr}");
     assert!(lines[0].contains(path), "{stderr}");
-    assert!(!stdout.contains("listening"), "{stdout}");
+    // The `listening on` line goes to stderr: the server never started; stdout stays empty.
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    assert!(stdout.trim().is_empty(), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
