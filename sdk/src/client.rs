@@ -141,36 +141,14 @@ impl ClientBuilder {
     /// Also trusts the PEM certificates in `pem` for `wss://` URLs (a private CA, or a
     /// self-signed server certificate). The web's usual roots stay trusted.
     pub fn trust_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
-        use rustls_pki_types::pem::PemObject;
-        let mut found = 0;
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| Error::Connect(format!("not a PEM certificate: {e}")))?;
-            self.roots.push(cert);
-            found += 1;
-        }
-        if found == 0 {
-            return Err(Error::Connect("no PEM certificate found".into()));
-        }
+        self.roots.extend(crate::tls::parse_pem(pem)?);
         Ok(self)
     }
 
     fn tls(&self) -> Result<tokio_tungstenite::Connector, Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for cert in &self.roots {
-            roots
-                .add(cert.clone())
-                .map_err(|e| Error::Connect(format!("cannot trust the certificate: {e}")))?;
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Connect(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
-            config,
-        )))
+        Ok(tokio_tungstenite::Connector::Rustls(
+            crate::tls::client_config(&self.roots)?,
+        ))
     }
 
     /// The tags of the connection: which messages it receives.

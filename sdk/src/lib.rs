@@ -31,6 +31,8 @@
 //! ```
 
 #[cfg(feature = "client")]
+pub mod api;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod envelope;
 pub mod error;
@@ -41,6 +43,8 @@ pub mod request;
 pub mod resume;
 pub mod tags;
 pub mod tags_tree;
+#[cfg(feature = "client")]
+mod tls;
 pub mod token;
 pub mod url;
 

@@ -310,7 +310,12 @@ where
             return;
         }
     }
-    while let Ok(Some(Ok(_))) = timeout_at(deadline, socket.next()).await {}
+    // Until the peer's close reply (then the server drops TCP first, RFC 6455 §7.1.1), or its end.
+    while let Ok(Some(Ok(message))) = timeout_at(deadline, socket.next()).await {
+        if matches!(message, Message::Close(_)) {
+            break;
+        }
+    }
 }
 
 async fn handle_text(

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tagcast::api::ApiClient;
 use tagcast::{Tags, WebSocketClient, WebSocketRequest};
 use tagcast_server::config::TlsFiles;
 use tagcast_server::{Config, MessageMode, Server};
@@ -39,10 +40,52 @@ enum Command {
     Token(TokenArgs),
     /// Exit 0 when the local server answers GET /healthz with 200 (for container health checks).
     Healthcheck(HealthcheckArgs),
+    /// Count the open connections whose tags contain --tags, and per value of --by (server API).
+    Presence(PresenceArgs),
+    /// Close the connections whose tags contain --tags with 4001 (server API).
+    Disconnect(DisconnectArgs),
     /// Check everything `serve` would (files, TLS pair, Redis reachable) without opening a port.
     CheckConfig(ServeArgs),
     /// Write a self-signed certificate and key for local TLS (cert.pem, key.pem).
     DevCert(DevCertArgs),
+}
+
+/// Where the server API is and its key.
+#[derive(Debug, Args)]
+struct ApiArgs {
+    /// Server URL, e.g. http://localhost:8080 (ws:// and wss:// work too).
+    #[arg(long, env = "TAGCAST_URL")]
+    url: String,
+    /// The server's --api-key secret.
+    #[arg(long, env = "TAGCAST_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Also trust this PEM certificate for https:// (a self-signed server or a private CA).
+    #[arg(long, env = "TAGCAST_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PresenceArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Count the connections whose tags contain these (a JSON object; default: everyone).
+    #[arg(long, value_name = "JSON")]
+    tags: Option<String>,
+    /// Also count them per value of this tag.
+    #[arg(long, value_name = "NAME")]
+    by: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct DisconnectArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Close the connections whose tags contain these (a JSON object; {} closes everyone).
+    #[arg(long, value_name = "JSON")]
+    tags: String,
+    /// The close reason the clients receive.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +333,9 @@ struct SendArgs {
     /// Also trust this PEM certificate for wss:// (a self-signed server or a private CA).
     #[arg(long, env = "TAGCAST_CA_CERT", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
+    /// The server's --api-key secret: with --auth, it authorizes the send without metadata.
+    #[arg(long, env = "TAGCAST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// The message.
     message: String,
 }
@@ -352,6 +398,8 @@ fn main() -> ExitCode {
         Command::Token(args) => report(token(args)),
         Command::Healthcheck(args) => report(runtime.block_on(healthcheck(args))),
         Command::CheckConfig(args) => runtime.block_on(check_config(args)),
+        Command::Presence(args) => report(runtime.block_on(presence(args))),
+        Command::Disconnect(args) => report(runtime.block_on(disconnect(args))),
         Command::DevCert(args) => report(dev_cert(args)),
     }
 }
@@ -547,6 +595,8 @@ fn parse_tags(tags: Option<&str>) -> anyhow::Result<Tags> {
     }
 }
 
+/// `POST /publish` on the server of the URL: no WebSocket, so the sender is never one of the
+/// recipients it counts.
 async fn send(args: SendArgs) -> anyhow::Result<()> {
     let tags = parse_tags(args.tags.as_deref())?;
     let message: serde_json::Value = if args.json {
@@ -561,12 +611,47 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
             _ => anyhow::bail!("invalid --metadata: it must be a JSON object"),
         }
     }
-    let client = trusting(WebSocketClient::builder(args.url), args.ca_cert.as_deref())?
-        .connect()
-        .await?;
-    let delivered = client.send(request).await;
-    client.close().await;
-    println!("delivered {}", delivered?);
+    let mut api = api_client(&args.url, args.ca_cert.as_deref())?;
+    if let Some(key) = args.api_key {
+        api = api.api_key(key);
+    }
+    println!("delivered {}", api.publish(&request).await?);
+    Ok(())
+}
+
+fn api_client(url: &str, ca_cert: Option<&std::path::Path>) -> anyhow::Result<ApiClient> {
+    let api = ApiClient::new(url)?;
+    match ca_cert {
+        None => Ok(api),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+            Ok(api
+                .trust_pem(&pem)
+                .with_context(|| format!("--ca-cert {}", path.display()))?)
+        }
+    }
+}
+
+async fn presence(args: PresenceArgs) -> anyhow::Result<()> {
+    let tags = parse_tags(args.tags.as_deref())?;
+    let api = api_client(&args.api.url, args.api.ca_cert.as_deref())?.api_key(args.api.api_key);
+    let presence = api.presence(&tags, args.by.as_deref()).await?;
+    let mut answer = serde_json::json!({ "connections": presence.connections });
+    if args.by.is_some() {
+        answer["values"] = serde_json::json!(presence.values);
+        answer["truncated"] = serde_json::json!(presence.truncated);
+    }
+    answer["partial"] = serde_json::json!(presence.partial);
+    println!("{answer}");
+    Ok(())
+}
+
+async fn disconnect(args: DisconnectArgs) -> anyhow::Result<()> {
+    let tags = parse_tags(Some(&args.tags))?;
+    let api = api_client(&args.api.url, args.api.ca_cert.as_deref())?.api_key(args.api.api_key);
+    let closed = api.disconnect(&tags, args.reason.as_deref()).await?;
+    println!("disconnected {closed}");
     Ok(())
 }
 

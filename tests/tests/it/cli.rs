@@ -337,14 +337,15 @@ async fn send_reports_the_servers_refusal_and_exits_1() {
 async fn json_mode_delivers_structured_messages() {
     let server = serve(&["--messages", "json"], &[]).await;
     let mut r = raw(&server.url()).await;
+    server.wait_connections(1).await;
     let (status, stdout, stderr) = run(
         &["send", "--url", &server.url(), "--json", r#"{"a":1}"#],
         &[],
     )
     .await;
     assert!(status.success(), "{stderr}");
-    // Empty tags reach everyone: `r` and the sending connection itself.
-    assert_eq!(stdout.trim(), "delivered 2");
+    // Empty tags reach everyone: `r` (send posts to /publish, so it is not a recipient).
+    assert_eq!(stdout.trim(), "delivered 1");
     assert_eq!(recv_text(&mut r).await, r#"{"a":1}"#);
 }
 
@@ -354,11 +355,12 @@ async fn tagcast_url_is_read_and_a_flag_wins_over_it() {
     let url = server.url();
     let mut listener = spawn(&["listen"], &[("TAGCAST_URL", &url)]);
     listener.stderr_line_with("connected").await;
+    server.wait_connections(1).await;
 
     let (status, stdout, stderr) =
         run(&["send", "from the variable"], &[("TAGCAST_URL", &url)]).await;
     assert!(status.success(), "{stderr}");
-    assert_eq!(stdout.trim(), "delivered 2");
+    assert_eq!(stdout.trim(), "delivered 1");
     assert_eq!(listener.next_stdout_line().await, r#""from the variable""#);
 
     // A URL where nothing listens in the variable, the right one in the flag.
@@ -368,7 +370,7 @@ async fn tagcast_url_is_read_and_a_flag_wins_over_it() {
     )
     .await;
     assert!(status.success(), "{stderr}");
-    assert_eq!(stdout.trim(), "delivered 2");
+    assert_eq!(stdout.trim(), "delivered 1");
     assert_eq!(listener.next_stdout_line().await, r#""from the flag""#);
 
     // And the variable alone, pointing nowhere, fails.
@@ -491,6 +493,64 @@ async fn sigterm_closes_connections_with_1001_and_exits_0() {
     assert_eq!(recv_close(&mut b).await.0, 1001);
     let status = server.process.exit_status().await;
     assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_disconnect_use_the_server_api() {
+    let server = serve(&["--api-key", API_KEY], &[]).await;
+    let url = server.url();
+    let mut room = raw(&format!(
+        "{url}/?tags={}",
+        encode(r#"{"room":42,"user":7}"#)
+    ))
+    .await;
+    let _other = raw(&format!(
+        "{url}/?tags={}",
+        encode(r#"{"room":43,"user":8}"#)
+    ))
+    .await;
+    server.wait_connections(2).await;
+    let (status, stdout, stderr) = run(
+        &[
+            "presence",
+            "--url",
+            &url,
+            "--tags",
+            r#"{"room":42}"#,
+            "--by",
+            "user",
+        ],
+        &[("TAGCAST_API_KEY", API_KEY)],
+    )
+    .await;
+    assert!(status.success(), "{stderr}");
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"connections": 1, "values": {"7": 1}, "truncated": false, "partial": false})
+    );
+    let (status, stdout, stderr) = run(
+        &[
+            "disconnect",
+            "--url",
+            &url,
+            "--api-key",
+            API_KEY,
+            "--tags",
+            r#"{"user":7}"#,
+            "--reason",
+            "bye",
+        ],
+        &[],
+    )
+    .await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "disconnected 1");
+    assert_eq!(recv_close(&mut room).await, (4001, "bye".to_owned()));
+    // A wrong key: the server's refusal, exit 1.
+    let (status, _, stderr) = run(&["presence", "--url", &url, "--api-key", "wrong"], &[]).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
