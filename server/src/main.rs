@@ -467,9 +467,10 @@ fn dev_cert(args: DevCertArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let cert = args.out.join("cert.pem");
     let key = args.out.join("key.pem");
-    std::fs::write(&cert, certified.cert.pem())
+    std::fs::write(&cert, pem("CERTIFICATE", certified.cert.der()))
         .with_context(|| format!("cannot write {}", cert.display()))?;
-    write_private(&key, certified.signing_key.serialize_pem().as_bytes())
+    let key_der = certified.signing_key.serialize_der();
+    write_private(&key, pem("PRIVATE KEY", &key_der).as_bytes())
         .with_context(|| format!("cannot write {}", key.display()))?;
     println!("{}", cert.display());
     println!("{}", key.display());
@@ -481,6 +482,19 @@ fn dev_cert(args: DevCertArgs) -> anyhow::Result<()> {
         cert.display()
     );
     Ok(())
+}
+
+/// The PEM text of a DER block (RFC 7468): base64 in lines of 64 between the labels.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 /// Writes a file only its owner can read (a private key).

@@ -10,9 +10,12 @@ use super::util::*;
 fn self_signed() -> (TlsFiles, String) {
     let certified =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert_pem = certified.cert.pem();
+    let cert_pem = pem("CERTIFICATE", certified.cert.der());
     let cert = temp_file("cert.pem", &cert_pem);
-    let key = temp_file("key.pem", &certified.signing_key.serialize_pem());
+    let key = temp_file(
+        "key.pem",
+        &pem("PRIVATE KEY", &certified.signing_key.serialize_der()),
+    );
     (TlsFiles { cert, key }, cert_pem)
 }
 
@@ -107,4 +110,19 @@ fn a_bad_tls_pair_is_a_configuration_error_naming_the_file() {
             .to_string();
         assert!(err.contains(&named.display().to_string()), "{err}");
     }
+}
+
+/// The PEM text of a DER block (rcgen's own `pem` feature would bring a second base64).
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = text
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
