@@ -653,12 +653,7 @@ const API_KEY: &str = "k3y-0f-the-server-api-9f8e7d";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_exits_2_naming_it() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("redis://127.0.0.1:{port}");
+    let url = unreachable_redis_url();
     let (status, _, stderr) = run(
         &[
             "serve",

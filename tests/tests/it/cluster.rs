@@ -187,21 +187,17 @@ async fn clusters_on_one_redis_are_isolated_by_channel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_is_a_configuration_error_at_start() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let url = unreachable_redis_url();
     let server = Server::builder()
         .config(Config {
-            redis: Some(format!("redis://127.0.0.1:{port}")),
+            redis: Some(url.clone()),
             ..Config::default()
         })
         .build()
         .unwrap();
     let err = server.connect_cluster().await.unwrap_err().to_string();
     assert!(
-        err.contains(&format!("127.0.0.1:{port}")) && err.contains("cannot reach Redis"),
+        err.contains(&url) && err.contains("cannot reach Redis"),
         "{err}"
     );
     let err = Server::builder()

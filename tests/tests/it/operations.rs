@@ -64,12 +64,7 @@ async fn check_config_validates_without_opening_a_port() {
     let (status, _, stderr) = run(&["check-config", "--auth", "/nonexistent/auth.yml"], &[]).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/auth.yml"), "{stderr}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let redis = format!("redis://127.0.0.1:{port}");
+    let redis = unreachable_redis_url();
     let (status, _, stderr) = run(&["check-config", "--redis", &redis], &[]).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");

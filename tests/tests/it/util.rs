@@ -442,33 +442,43 @@ pub async fn drain_until_end(ws: &mut Ws, limit: Duration) -> Option<(u16, Strin
 
 /// A real `redis-server` on 127.0.0.1 and a free port, without persistence; killed when dropped.
 pub struct RedisServer {
-    pub port: u16,
+    /// Its Unix socket: no TCP port is picked, released and hoped to stay free, and a restart
+    /// finds its socket again.
+    pub socket: std::path::PathBuf,
     child: Option<std::process::Child>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = RedisServer { port, child: None };
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = std::env::temp_dir().join(format!(
+            "tagcast-test-redis-{}-{n}.sock",
+            std::process::id()
+        ));
+        let mut redis = RedisServer {
+            socket,
+            child: None,
+        };
         redis.restart();
         redis
     }
 
-    /// `redis://127.0.0.1:PORT`
+    /// `redis+unix:///PATH`
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis+unix://{}", self.socket.display())
     }
 
-    /// Starts (again) on the same port and waits until it answers.
+    /// Starts (again) on the same socket and waits until it answers; fails at once when
+    /// redis-server exits instead.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server is already running");
+        let _ = std::fs::remove_file(&self.socket);
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&self.socket)
+            .args(["--unixsocketperm", "700"])
+            .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server; the test command installs it)");
@@ -476,16 +486,21 @@ impl RedisServer {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             use std::io::{Read, Write};
-            if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+            if let Ok(mut unix) = std::os::unix::net::UnixStream::connect(&self.socket) {
+                let _ = unix.set_read_timeout(Some(Duration::from_secs(1)));
                 let mut answer = [0u8; 7];
-                if tcp.write_all(b"PING\r\n").is_ok()
-                    && tcp.read_exact(&mut answer).is_ok()
+                if unix.write_all(b"PING\r\n").is_ok()
+                    && unix.read_exact(&mut answer).is_ok()
                     && &answer == b"+PONG\r\n"
                 {
                     return;
                 }
             }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "redis-server exited: {exited:?}");
             assert!(
                 std::time::Instant::now() < deadline,
                 "redis-server did not start"
@@ -506,7 +521,20 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// A Redis URL where nothing listens: a Unix socket that does not exist (a released TCP
+/// port could be taken by another test meanwhile).
+pub fn unreachable_redis_url() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!(
+        "tagcast-test-no-redis-{}-{n}.sock",
+        std::process::id()
+    ));
+    format!("redis+unix://{}", path.display())
 }
 
 /// The value of a sample line `name{labels} value` in a metrics text.
