@@ -243,3 +243,57 @@ async fn the_example_config_in_docs_is_valid() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("configuration ok"), "{stdout}");
 }
+
+/// Every serve option is read from its flag and from its TAGCAST_* variable: a value it must
+/// refuse, given either way, makes `check-config` exit 2 naming the option or the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_serve_option_is_read_from_its_flag_and_its_variable() {
+    let missing = "/nonexistent/tagcast-test-file";
+    let cases: &[(&str, &str, &str)] = &[
+        ("host", "not-an-ip", "not-an-ip"),
+        ("port", "notaport", "notaport"),
+        ("messages", "xml", "xml"),
+        ("message-schema", missing, missing),
+        ("auth", missing, missing),
+        ("authorize-open", "maybe", "maybe"),
+        ("queue-size", "0", "--queue-size"),
+        ("max-message-bytes", "0", "--max-message-bytes"),
+        ("max-connections", "0", "--max-connections"),
+        ("max-tags", "many", "many"),
+        ("rate-limit", "0", "--rate-limit"),
+        ("handshake-timeout", "soon", "soon"),
+        ("ping-interval", "often", "often"),
+        ("idle-timeout", "never", "never"),
+        ("history", "lots", "lots"),
+        ("history-bytes", "lots", "lots"),
+        ("history-ttl", "long", "long"),
+        ("api-key", " ", "--api-key"),
+        ("direct-writes", "maybe", "maybe"),
+        ("signed-tags", "maybe", "maybe"),
+        ("log-format", "xml", "xml"),
+        ("shutdown-grace", "long", "long"),
+        ("static", missing, missing),
+        ("redis", "http://not-redis", "--redis"),
+        ("tls-cert", missing, missing),
+        ("config", missing, missing),
+    ];
+    for (option, bad, named) in cases {
+        let flag = format!("--{option}");
+        let variable = format!("TAGCAST_{}", option.to_uppercase().replace('-', "_"));
+        let mut args = vec!["check-config", flag.as_str(), bad];
+        // The TLS files come in pairs.
+        if *option == "tls-cert" {
+            args.extend(["--tls-key", missing]);
+        }
+        let (status, _, stderr) = run(&args, &[]).await;
+        assert_eq!(status.code(), Some(2), "{flag} {bad}: {stderr}");
+        assert!(stderr.contains(named), "{flag} {bad}: {stderr}");
+        let mut env = vec![(variable.as_str(), *bad)];
+        if *option == "tls-cert" {
+            env.push(("TAGCAST_TLS_KEY", missing));
+        }
+        let (status, _, stderr) = run(&["check-config"], &env).await;
+        assert_eq!(status.code(), Some(2), "{variable}={bad}: {stderr}");
+        assert!(stderr.contains(named), "{variable}={bad}: {stderr}");
+    }
+}
