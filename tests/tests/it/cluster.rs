@@ -156,6 +156,14 @@ async fn requests_are_refused_while_redis_is_down_and_served_again_after() {
     let metrics = http_get(a.addr, "/metrics", "").await.body;
     assert_eq!(sample(&metrics, "tagcast_bus_up"), 1.0);
     assert_eq!(sample(&metrics, "tagcast_bus_reconnects_total"), 1.0);
+    // The envelope, HTTP and raw refusals while Redis was down.
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"tagcast_requests_rejected_total{reason="unavailable"}"#
+        ),
+        3.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

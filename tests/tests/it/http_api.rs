@@ -1,8 +1,10 @@
 //! The HTTP API on the WebSocket port (PROTOCOL.md §7): `POST /publish` (one request or a
 //! batch), its statuses and JSON errors, and `GET /metrics`.
 
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tagcast_server::Config;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::util::*;
 
@@ -221,4 +223,80 @@ async fn metrics_move_with_traffic() {
         }
     }
     panic!("the slow consumer was never counted");
+}
+
+/// Each `requests_rejected_total` reason and `handshake_rejections_total` status is counted
+/// once per refusal (`unavailable` is counted in the cluster tests, where Redis goes down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_reason_and_handshake_status_is_counted() {
+    let server = TestServer::with_config(Config {
+        auth_file: Some(temp_file("auth.yml", AUTH_YAML)),
+        authorize_open: false,
+        max_connections: Some(1),
+        rate_limit: Some(1),
+        max_message_bytes: 256,
+        ..Config::default()
+    })
+    .await;
+    let key = format!("key=application1&secret={SECRET1}");
+    // 401 and 400 while the one slot is free, then 503 once it is taken.
+    assert_eq!(refused(&server.url).await.0, 401);
+    assert_eq!(
+        refused(&format!("{}/?{key}&tags=5", server.url)).await.0,
+        400
+    );
+    let mut sender = envelope(&format!("{}/?{key}", server.url)).await;
+    server.wait_connections(1).await;
+    assert_eq!(refused(&format!("{}/?{key}", server.url)).await.0, 503);
+    // In one write, so that no token comes back between them: bad_request (it spends the
+    // burst of 1), then rate_limited twice.
+    let creds = format!(r#""metadata":{{"key":"application1","secret":"{SECRET1}"}}"#);
+    for frame in [
+        format!(r#"{{"id":1,"message":5,{creds}}}"#),
+        format!(r#"{{"id":2,"message":"m",{creds}}}"#),
+        format!(r#"{{"id":3,"message":"m",{creds}}}"#),
+    ] {
+        sender.feed(Message::text(frame)).await.unwrap();
+    }
+    sender.flush().await.unwrap();
+    let codes: Vec<Value> = vec![
+        recv_json(&mut sender).await["code"].clone(),
+        recv_json(&mut sender).await["code"].clone(),
+        recv_json(&mut sender).await["code"].clone(),
+    ];
+    assert_eq!(
+        codes,
+        [
+            json!("bad_request"),
+            json!("rate_limited"),
+            json!("rate_limited")
+        ]
+    );
+    // unauthorized: /publish without credentials.
+    assert_eq!(
+        http_post(server.addr, "/publish", r#"{"message":"m"}"#)
+            .await
+            .status,
+        401
+    );
+    // too_big: over --max-message-bytes on /publish.
+    let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(300));
+    assert_eq!(http_post(server.addr, "/publish", &big).await.status, 413);
+
+    let metrics = http_get(server.addr, "/metrics", "").await.body;
+    let rejected = |reason: &str| {
+        sample(
+            &metrics,
+            &format!(r#"tagcast_requests_rejected_total{{reason="{reason}"}}"#),
+        )
+    };
+    assert_eq!(rejected("bad_request"), 1.0);
+    assert_eq!(rejected("rate_limited"), 2.0);
+    assert_eq!(rejected("unauthorized"), 1.0);
+    assert_eq!(rejected("too_big"), 1.0);
+    assert_eq!(rejected("unavailable"), 0.0);
+    for status in ["400", "401", "503"] {
+        let series = format!(r#"tagcast_handshake_rejections_total{{status="{status}"}}"#);
+        assert_eq!(sample(&metrics, &series), 1.0, "{status}");
+    }
 }
