@@ -437,17 +437,8 @@ fn init_tracing(format: LogFormat) {
 /// Checks what `serve` would: the options, the files (auth, schema, TLS pair, static folder),
 /// and Redis reachable; opens no port.
 async fn check_config(args: ServeArgs) -> ExitCode {
-    let config = args.into_config();
-    let server = match Server::builder().config(config).build() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(CONFIG_ERROR);
-        }
-    };
-    if let Err(e) = server.connect_cluster().await {
-        eprintln!("error: {e}");
-        return ExitCode::from(CONFIG_ERROR);
+    if let Err(code) = checked_server(args.into_config()).await {
+        return code;
     }
     println!("configuration ok");
     ExitCode::SUCCESS
@@ -520,21 +511,28 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 /// Exit code of a configuration error (PROTOCOL.md §9).
 const CONFIG_ERROR: u8 = 2;
 
+/// A server built from `config` with its cluster connected: what `serve` runs and
+/// `check-config` checks. A problem is printed, and is exit 2.
+async fn checked_server(config: Config) -> Result<Server, ExitCode> {
+    let server = Server::builder().config(config).build().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(CONFIG_ERROR)
+    })?;
+    if let Err(e) = server.connect_cluster().await {
+        eprintln!("error: {e}");
+        return Err(ExitCode::from(CONFIG_ERROR));
+    }
+    Ok(server)
+}
+
 async fn serve(args: ServeArgs) -> ExitCode {
     let config = args.into_config();
     let addr = (config.host, config.port);
     let grace = config.shutdown_grace;
-    let server = match Server::builder().config(config).build() {
+    let server = match checked_server(config).await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(CONFIG_ERROR);
-        }
+        Err(code) => return code,
     };
-    if let Err(e) = server.connect_cluster().await {
-        eprintln!("error: {e}");
-        return ExitCode::from(CONFIG_ERROR);
-    }
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -592,14 +590,15 @@ fn trusting(
 ) -> anyhow::Result<tagcast::ClientBuilder> {
     match ca_cert {
         None => Ok(builder),
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
-            Ok(builder
-                .trust_pem(&pem)
-                .with_context(|| format!("--ca-cert {}", path.display()))?)
-        }
+        Some(path) => Ok(builder
+            .trust_pem(&read_ca_cert(path)?)
+            .with_context(|| format!("--ca-cert {}", path.display()))?),
     }
+}
+
+/// The PEM text of `--ca-cert`.
+fn read_ca_cert(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read --ca-cert {}", path.display()))
 }
 
 fn parse_tags(tags: Option<&str>) -> anyhow::Result<Tags> {
@@ -637,13 +636,9 @@ fn api_client(url: &str, ca_cert: Option<&std::path::Path>) -> anyhow::Result<Ap
     let api = ApiClient::new(url)?;
     match ca_cert {
         None => Ok(api),
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
-            Ok(api
-                .trust_pem(&pem)
-                .with_context(|| format!("--ca-cert {}", path.display()))?)
-        }
+        Some(path) => Ok(api
+            .trust_pem(&read_ca_cert(path)?)
+            .with_context(|| format!("--ca-cert {}", path.display()))?),
     }
 }
 
