@@ -1,5 +1,6 @@
 //! `WebSocketClient`: the native client (tokio + tokio-tungstenite), in envelope mode with acks,
-//! and, when asked, reconnecting and resuming where it left off (PROTOCOL.md §11).
+//! signed-tags tokens sent as a subprotocol (PROTOCOL.md §5.1), changing its tags in place
+//! (§13), and, when asked, reconnecting and resuming where it left off (§11).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,19 +18,19 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::envelope::{RequestId, ServerFrame, SUBPROTOCOL};
-use crate::error::Error;
+use crate::error::{Close, Error};
 use crate::publisher::{PublishFuture, Publisher};
 use crate::request::{Metadata, WebSocketRequest};
 use crate::resume::Cursor;
 use crate::tags::Tags;
+use crate::token::TokenError;
 
 /// How many received messages wait for the application before the client stops reading
 /// (the server then sees a slow consumer).
 const INCOMING_QUEUE: usize = 1024;
 
-/// The close code of `POST /disconnect` (PROTOCOL.md §12): the server's application wants this
-/// connection gone, so a reconnecting client stops instead of coming back.
-const DISCONNECTED_BY_THE_SERVER: u16 = 4001;
+/// The prefix of the subprotocol that carries a signed-tags token (PROTOCOL.md §5.1).
+pub const TOKEN_PROTOCOL_PREFIX: &str = "tagcast.token.";
 
 /// One message received from the server.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,10 +54,15 @@ pub struct Received {
 pub enum Event {
     /// A message routed to this connection, live or replayed after a reconnect.
     Message(Received),
-    /// The connection dropped; a client built with [`ClientBuilder::reconnect`] is reconnecting
-    /// (sends fail with [`Error::NotConnected`] meanwhile). Without `reconnect` nothing follows.
+    /// The connection dropped and the client is reconnecting (it was built with
+    /// [`ClientBuilder::reconnect`] and the close was not final); sends fail with
+    /// [`Error::NotConnected`] meanwhile. [`Event::Resumed`] follows once it is back, or
+    /// [`Event::Ended`] if the server refuses it for good.
     Disconnected {
-        /// Why it dropped: `code N (reason)` for a close frame, or the I/O error.
+        /// The close code, when the server sent a close frame (1001 going away, 1008 slow
+        /// consumer, 1012 service restart...; see [`Close`]).
+        code: Option<u16>,
+        /// The close frame's reason, or the I/O error.
         reason: String,
     },
     /// The client is connected again. The messages routed meanwhile that the server still had
@@ -68,6 +74,20 @@ pub enum Event {
         /// How many messages the server replayed.
         missed: u64,
     },
+    /// The connection's tags changed (PROTOCOL.md §13), by [`WebSocketClient::set_tags`] or by
+    /// the server's `POST /retag`. The messages before this event were matched against the old
+    /// tags, those after it against these; a reconnect opens with these.
+    Retagged {
+        /// The connection's tags from now on.
+        tags: Tags,
+    },
+    /// The client has ended by itself and will not reconnect; nothing follows. The error says
+    /// why: [`Error::Closed`] with the close code and reason (4001 from `POST /disconnect`,
+    /// 1008 `slow consumer`, 1009 `message too big`, or any close of a client built without
+    /// `reconnect`), or, while reconnecting, a handshake the server refused for good
+    /// ([`Error::Refused`] with 400, 401 or 403: see [`Error::is_final`]). Sends fail with it
+    /// from now on. A client closed by [`WebSocketClient::close`] does not get it.
+    Ended(Error),
 }
 
 /// How a client reconnects after its connection drops: exponential backoff with full jitter
@@ -122,6 +142,36 @@ fn random_unit() -> f64 {
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// A signed-tags token. It grants listening to its tags until it expires, so its `Debug` never
+/// shows it (a logged builder must not hand it out).
+#[derive(Clone, PartialEq, Eq)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    /// Takes a token that fits in a subprotocol: RFC 7230 token characters only (a JWT's
+    /// base64url and dots always do), else [`TokenError::Malformed`] before anything is sent.
+    fn new(token: String) -> Result<Token, TokenError> {
+        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if token.is_empty() || !token.chars().all(tchar) {
+            return Err(TokenError::Malformed(
+                "a token is a JWT: base64url parts joined by dots, nothing else".into(),
+            ));
+        }
+        Ok(Token(token))
+    }
+
+    /// The subprotocol that carries it.
+    fn protocol(&self) -> String {
+        format!("{TOKEN_PROTOCOL_PREFIX}{}", self.0)
+    }
+}
+
 /// Options for opening a [`WebSocketClient`]; made by [`WebSocketClient::builder`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
@@ -135,6 +185,9 @@ pub struct ClientBuilder {
     roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     /// Whether and how to reconnect when the connection drops.
     reconnect: Option<Reconnect>,
+    /// The signed-tags token, sent as a subprotocol; checked when the connection opens. A
+    /// token accepted by [`WebSocketClient::set_tags_with_token`] replaces it for reconnects.
+    token: Option<Result<Token, TokenError>>,
 }
 
 impl ClientBuilder {
@@ -185,6 +238,36 @@ impl ClientBuilder {
         self
     }
 
+    /// Opens with a signed-tags token (PROTOCOL.md §5.1, a server with `--signed-tags`): the
+    /// JWT an application's backend made with [`sign_tags`](crate::sign_tags) for this user.
+    /// It goes in the subprotocol `tagcast.token.<token>`, offered beside `tagcast.v1`, never in
+    /// the URL, so it stays out of access logs. The connection's tags are the token's; set
+    /// [`tags`](ClientBuilder::tags) only to listen to a subset of them. A token the server
+    /// refuses fails [`connect`](ClientBuilder::connect) with [`Error::Refused`] (status 401,
+    /// the reason first: `expired`, `signature`, `subset`...); one that is not even a JWT fails
+    /// with [`Error::Token`] before anything is sent. Reconnects use the same token, so a
+    /// short-lived one that expires makes the reconnect fail for good ([`Event::Ended`]).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tagcast::{sign_tags, Tags, WebSocketClient};
+    ///
+    /// # async fn demo() -> Result<(), tagcast::Error> {
+    /// // On the backend, which knows the application's secret:
+    /// let user = Tags::new().with("user", 42);
+    /// let token = sign_tags("application1", "B4ajW3P7jfWEYPZsQV8mnteHg97G67uW", &user, Duration::from_secs(3600));
+    /// // In the client, which only gets the token:
+    /// let client = WebSocketClient::builder("ws://localhost:8080")
+    ///     .token(token)
+    ///     .connect()
+    ///     .await?; // listens as {"user": 42}, and as nothing else
+    /// # Ok(()) }
+    /// ```
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Token::new(token.into()));
+        self
+    }
+
     /// Opens in raw mode (no `tagcast.v1`): frames arrive as the original server sent them, and
     /// [`WebSocketClient::send`] is refused because raw mode has no acknowledgements.
     pub fn raw(mut self, raw: bool) -> Self {
@@ -192,11 +275,16 @@ impl ClientBuilder {
         self
     }
 
-    /// Reconnects when the connection drops (not after [`WebSocketClient::close`], nor after
-    /// close code 4001, the server's `POST /disconnect`), waiting as `options` says between
-    /// attempts, and resumes where it left off: the server replays what was routed to this
-    /// connection meanwhile (PROTOCOL.md §11), then [`Event::Resumed`] says whether that was
-    /// everything. Off by default: the client then ends when its connection does.
+    /// Reconnects when the connection drops, waiting as `options` says between attempts, and
+    /// resumes where it left off: the server replays what was routed to this connection
+    /// meanwhile (PROTOCOL.md §11), then [`Event::Resumed`] says whether that was everything.
+    /// It reopens with the tags and token of the last [`set_tags`](WebSocketClient::set_tags).
+    ///
+    /// It stops, with [`Event::Ended`] holding the error, when the server means it: close
+    /// code 4001 (`POST /disconnect`), or a reopening refused with HTTP 400, 401 or 403 (an
+    /// expired token, a revoked key: see [`Error::is_final`]). [`WebSocketClient::close`] stops
+    /// it too. The first [`connect`](ClientBuilder::connect) is not retried: its error is
+    /// returned. Off by default: the client then ends when its connection does.
     ///
     /// ```
     /// use std::time::Duration;
@@ -223,9 +311,13 @@ impl ClientBuilder {
     ///             assert!(received.pos.is_some()); // its place in the server's history
     ///             break;
     ///         }
-    ///         Event::Disconnected { reason } => eprintln!("connection lost ({reason}), reconnecting"),
+    ///         Event::Disconnected { code, reason } => eprintln!("lost ({code:?} {reason}), reconnecting"),
     ///         Event::Resumed { recovered: true, missed } => eprintln!("back; {missed} replayed"),
     ///         Event::Resumed { recovered: false, .. } => { /* messages may be lost: reload */ }
+    ///         Event::Ended(error) => {
+    ///             eprintln!("gone for good: {error}"); // e.g. code 4001 (logged out)
+    ///             break;
+    ///         }
     ///         _ => {}
     ///     }
     /// }
@@ -296,11 +388,21 @@ impl ClientBuilder {
                 url: self.url.clone(),
                 reason: e.to_string(),
             })?;
+        // PROTOCOL.md §5.1: the server answers with `tagcast.v1` when it is offered, else with
+        // the token's own protocol (tungstenite checks that the answer is one of the offered).
+        let mut protocols = Vec::with_capacity(2);
         if !self.raw {
-            request.headers_mut().insert(
-                "Sec-WebSocket-Protocol",
-                HeaderValue::from_static(SUBPROTOCOL),
-            );
+            protocols.push(SUBPROTOCOL.to_owned());
+        }
+        if let Some(token) = &self.token {
+            protocols.push(token.clone()?.protocol());
+        }
+        if !protocols.is_empty() {
+            let offer = HeaderValue::from_str(&protocols.join(", "))
+                .map_err(|e| Error::Protocol(format!("cannot offer the subprotocols: {e}")))?;
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", offer);
         }
         let connector = if url.starts_with("wss:") {
             Some(self.tls()?)
@@ -329,16 +431,14 @@ impl ClientBuilder {
 fn connect_error(e: tungstenite::Error) -> Error {
     match e {
         tungstenite::Error::Http(response) => {
-            let status = response.status();
-            let body = response
+            let reason = response
                 .body()
                 .as_deref()
                 .map(|b| String::from_utf8_lossy(b).trim().to_owned())
                 .unwrap_or_default();
-            if body.is_empty() {
-                Error::Connect(format!("HTTP {status}"))
-            } else {
-                Error::Connect(format!("HTTP {status}: {body}"))
+            Error::Refused {
+                status: response.status().as_u16(),
+                reason,
             }
         }
         tungstenite::Error::Url(e) => Error::Connect(format!("bad URL: {e}")),
@@ -352,7 +452,36 @@ enum Command {
         id: i64,
         reply: oneshot::Sender<Result<u64, Error>>,
     },
+    /// A `retag` command (PROTOCOL.md §13), answered by a `tags` or an `error` frame.
+    Retag {
+        frame: String,
+        id: i64,
+        /// The token the frame carries: once accepted, reconnects open with it.
+        token: Option<Token>,
+        reply: oneshot::Sender<Result<Tags, Error>>,
+    },
     Close,
+}
+
+/// A command sent on the current connection, waiting for the server's answer.
+enum Pending {
+    /// A request, answered by an `ack`.
+    Send(oneshot::Sender<Result<u64, Error>>),
+    /// A retag, answered by a `tags` frame.
+    Retag(oneshot::Sender<Result<Tags, Error>>, Option<Token>),
+}
+
+impl Pending {
+    fn fail(self, error: Error) {
+        match self {
+            Pending::Send(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Pending::Retag(reply, _) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 /// A connection to a Tagcast server: sends requests and returns their acknowledged delivered
@@ -389,8 +518,8 @@ pub struct WebSocketClient {
     next_id: AtomicI64,
     default_tags: Tags,
     default_metadata: Metadata,
-    /// Why the connection closed, once it has.
-    closed: Arc<Mutex<Option<String>>>,
+    /// Why the client ended, once it has.
+    closed: Arc<Mutex<Option<Error>>>,
     raw: bool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -399,6 +528,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Send { id, .. } => write!(f, "Send({id})"),
+            Command::Retag { id, .. } => write!(f, "Retag({id})"),
             Command::Close => f.write_str("Close"),
         }
     }
@@ -416,6 +546,7 @@ impl WebSocketClient {
             raw: false,
             roots: Vec::new(),
             reconnect: None,
+            token: None,
         }
     }
 
@@ -482,8 +613,19 @@ impl WebSocketClient {
         })
     }
 
-    /// Why the client ended (close code and reason), or `None` while it is open or reconnecting.
+    /// Why the client ended, as text (`code 1008 (slow consumer)`, `the server refused the
+    /// connection: HTTP 401: expired: ...`), or `None` while it is open or reconnecting.
     pub fn close_reason(&self) -> Option<String> {
+        self.ended().map(|e| match e {
+            Error::Closed(close) => close.to_string(),
+            other => other.to_string(),
+        })
+    }
+
+    /// Why the client ended, as the error its sends now fail with ([`Error::Closed`] with the
+    /// close code and reason, or [`Error::Refused`] when a reconnect was refused for good), or
+    /// `None` while it is open or reconnecting. The same error as the last [`Event::Ended`].
+    pub fn ended(&self) -> Option<Error> {
         self.closed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -491,10 +633,107 @@ impl WebSocketClient {
     }
 
     fn closed_error(&self) -> Error {
-        Error::Closed(
-            self.close_reason()
-                .unwrap_or_else(|| "the connection is closed".into()),
-        )
+        self.ended().unwrap_or_else(|| {
+            Error::Closed(Close {
+                code: None,
+                reason: "the connection is closed".into(),
+            })
+        })
+    }
+
+    /// Replaces this connection's tags without reconnecting (PROTOCOL.md §13) and returns them
+    /// as the server set them once it has answered. Messages routed before the answer were
+    /// matched against the old tags and those after it against the new ones, so none arrives
+    /// twice and none is lost: when this returns, what [`recv`](WebSocketClient::recv) gives
+    /// next is every message of the old tags first, then those of the new ones
+    /// ([`recv_event`](WebSocketClient::recv_event) puts an [`Event::Retagged`] at the cut).
+    /// Reconnects open with the new tags.
+    ///
+    /// Errors: [`Error::Rejected`] when the server refuses them, the tags staying as they were
+    /// (`bad_request`, e.g. over `--max-tags`; `unauthorized` with `--signed-tags` when they are
+    /// not within the connection's token, the text starting with `subset`: see
+    /// [`set_tags_with_token`](WebSocketClient::set_tags_with_token));
+    /// [`Error::NotConnected`] while reconnecting; [`Error::Closed`] when the connection dropped
+    /// before the answer (the change may or may not have been made; reconnects use the old
+    /// tags); [`Error::Protocol`] in raw mode, which has no commands.
+    ///
+    /// ```
+    /// use tagcast::{Tags, WebSocketClient, WebSocketRequest};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let url = format!("ws://{}", listener.local_addr()?);
+    /// # let server = tagcast_server::Server::builder().build()?;
+    /// # tokio::spawn(server.run(listener, std::future::pending()));
+    /// let client = WebSocketClient::connect(url, Tags::new().with("room", 42)).await?;
+    /// let tags = client.set_tags(Tags::new().with("room", 43)).await?;
+    /// assert_eq!(tags, Tags::new().with("room", 43));
+    /// let to_43 = WebSocketRequest::new("moved").with_tags(Tags::new().with("room", 43));
+    /// assert_eq!(client.send(to_43).await?, 1);
+    /// assert_eq!(client.recv().await.unwrap().message, "moved");
+    /// client.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_tags(&self, tags: Tags) -> Result<Tags, Error> {
+        self.retag(tags, None).await
+    }
+
+    /// [`set_tags`](WebSocketClient::set_tags) with a newer signed-tags token (PROTOCOL.md
+    /// §13, server with `--signed-tags`): the new tags must be within this token's, which then
+    /// bounds later retags and is the token reconnects open with. A token the server refuses
+    /// gives [`Error::Rejected`] with code `unauthorized` and the reason first (`expired`,
+    /// `signature`, `subset`...), and nothing changes.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tagcast::{sign_tags, ErrorCode, Tags, WebSocketClient};
+    ///
+    /// # async fn demo(client: WebSocketClient) -> Result<(), tagcast::Error> {
+    /// // The backend grants room 43 to this user; the client moves there.
+    /// let granted = Tags::new().with("user", 42).with("room", 43);
+    /// let token = sign_tags("application1", "B4ajW3P7jfWEYPZsQV8mnteHg97G67uW", &granted, Duration::from_secs(600));
+    /// client.set_tags_with_token(granted, token).await?;
+    /// // Without a token that grants it, room 44 is refused and the tags stay.
+    /// match client.set_tags(Tags::new().with("user", 42).with("room", 44)).await {
+    ///     Err(tagcast::Error::Rejected { code: ErrorCode::Unauthorized, message }) => {
+    ///         assert!(message.starts_with("subset"));
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_tags_with_token(
+        &self,
+        tags: Tags,
+        token: impl Into<String>,
+    ) -> Result<Tags, Error> {
+        let token = Token::new(token.into())?;
+        self.retag(tags, Some(token)).await
+    }
+
+    async fn retag(&self, tags: Tags, token: Option<Token>) -> Result<Tags, Error> {
+        if self.raw {
+            return Err(Error::Protocol(
+                "this client was opened raw: changing tags needs envelope mode".into(),
+            ));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = serde_json::json!({ "type": "retag", "id": id, "tags": tags });
+        if let Some(token) = &token {
+            frame["token"] = Value::from(token.0.as_str());
+        }
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Retag {
+            frame: frame.to_string(),
+            id,
+            token,
+            reply,
+        };
+        if self.commands.send(command).await.is_err() {
+            return Err(self.closed_error());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.closed_error()))
     }
 
     /// Closes the connection (code 1000) and waits for the server's answer; a reconnecting
@@ -522,50 +761,73 @@ struct Link {
     commands: mpsc::Receiver<Command>,
     incoming: mpsc::Sender<Event>,
     /// Why the client ended, once it has.
-    closed: Arc<Mutex<Option<String>>>,
+    closed: Arc<Mutex<Option<Error>>>,
     /// The `since` of the next reconnect.
     cursor: Cursor,
-    /// How to open the connection again.
+    /// How to open the connection again (its tags and token follow retags).
     builder: ClientBuilder,
 }
 
 /// How one connection ended.
 enum Ended {
     /// The application closed the client.
-    Closed(String),
-    /// The connection dropped: why, and the close code when the server sent one.
-    Lost(String, Option<u16>),
+    ByClient(Close),
+    /// The connection dropped or the server closed it.
+    Lost(Close),
+}
+
+/// Why a reopening gave up.
+enum GaveUp {
+    /// The application closed the client meanwhile.
+    ByClient,
+    /// The server refused the handshake for good (see [`Error::is_final`]).
+    Refused(Error),
 }
 
 /// The connection task: serves one connection after another until the client ends.
 async fn run(mut socket: Socket, mut link: Link) {
     link.cursor.opened(false);
-    let reason = loop {
-        let (reason, code) = match serve(socket, &mut link).await {
-            Ended::Closed(reason) => break reason,
-            Ended::Lost(reason, code) => (reason, code),
+    let end = loop {
+        let close = match serve(socket, &mut link).await {
+            Ended::ByClient(close) => break Ok(Error::Closed(close)),
+            Ended::Lost(close) => close,
         };
-        let options = link.builder.reconnect;
-        let _ = link
-            .incoming
-            .send(Event::Disconnected {
-                reason: reason.clone(),
-            })
-            .await;
-        let Some(options) = options.filter(|_| code != Some(DISCONNECTED_BY_THE_SERVER)) else {
-            break reason;
+        let Some(options) = link.builder.reconnect.filter(|_| !close.is_final()) else {
+            break Err(Error::Closed(close));
         };
-        match reopen(&mut link, options, &reason).await {
-            Some(next) => socket = next,
-            None => break "closed by the client".to_owned(),
+        let dropped = Event::Disconnected {
+            code: close.code,
+            reason: close.reason.clone(),
+        };
+        let _ = link.incoming.send(dropped).await;
+        match reopen(&mut link, options, &close).await {
+            Ok(next) => socket = next,
+            Err(GaveUp::ByClient) => {
+                break Ok(Error::Closed(Close {
+                    code: None,
+                    reason: "closed by the client".into(),
+                }))
+            }
+            Err(GaveUp::Refused(error)) => break Err(error),
         }
     };
-    *link.closed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    // Stored before `Ended` is sent and the channels drop, so that whoever sees the end finds
+    // the reason; the application's own close gets no event.
+    let (error, report) = match end {
+        Ok(error) => (error, false),
+        Err(error) => (error, true),
+    };
+    *link.closed.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
+    if report {
+        let _ = link.incoming.send(Event::Ended(error)).await;
+    }
 }
 
-/// Opens the connection again, with backoff, resuming from the cursor; answers sends with
-/// [`Error::NotConnected`] meanwhile. `None` when the application closed the client.
-async fn reopen(link: &mut Link, options: Reconnect, reason: &str) -> Option<Socket> {
+/// Opens the connection again, with backoff, resuming from the cursor; answers commands with
+/// [`Error::NotConnected`] meanwhile. Gives up when the application closes the client or the
+/// server refuses the handshake for good.
+async fn reopen(link: &mut Link, options: Reconnect, close: &Close) -> Result<Socket, GaveUp> {
+    let reason = close.to_string();
     let mut attempt: u32 = 0;
     loop {
         let since = link.cursor.since().map(str::to_owned);
@@ -584,15 +846,22 @@ async fn reopen(link: &mut Link, options: Reconnect, reason: &str) -> Option<Soc
                 opened = &mut dial => break opened,
                 command = link.commands.recv() => match command {
                     Some(Command::Send { reply, .. }) => {
-                        let _ = reply.send(Err(Error::NotConnected(reason.to_owned())));
+                        let _ = reply.send(Err(Error::NotConnected(reason.clone())));
                     }
-                    Some(Command::Close) | None => return None,
+                    Some(Command::Retag { reply, .. }) => {
+                        let _ = reply.send(Err(Error::NotConnected(reason.clone())));
+                    }
+                    Some(Command::Close) | None => return Err(GaveUp::ByClient),
                 },
             }
         };
-        let Ok(socket) = opened else {
-            attempt = attempt.saturating_add(1);
-            continue;
+        let socket = match opened {
+            Ok(socket) => socket,
+            Err(error) if error.is_final() => return Err(GaveUp::Refused(error)),
+            Err(_) => {
+                attempt = attempt.saturating_add(1);
+                continue;
+            }
         };
         let resuming = since.is_some() && !link.builder.raw;
         link.cursor.opened(resuming);
@@ -605,32 +874,47 @@ async fn reopen(link: &mut Link, options: Reconnect, reason: &str) -> Option<Soc
             };
             let _ = link.incoming.send(resumed).await;
         }
-        return Some(socket);
+        return Ok(socket);
     }
 }
 
-/// Serves one connection: writes commands, reads frames, resolves acks, forwards messages.
+/// The close of a connection that ended without a close frame.
+fn no_frame(reason: impl Into<String>) -> Close {
+    Close {
+        code: None,
+        reason: reason.into(),
+    }
+}
+
+/// Serves one connection: writes commands, reads frames, resolves acks and retags, forwards
+/// messages.
 async fn serve(mut socket: Socket, link: &mut Link) -> Ended {
     let raw = link.builder.raw;
-    let mut pending: HashMap<i64, oneshot::Sender<Result<u64, Error>>> = HashMap::new();
+    let mut pending: HashMap<i64, Pending> = HashMap::new();
     let mut closing = false;
-    let (reason, code) = loop {
+    let close = loop {
         tokio::select! {
-            command = link.commands.recv(), if !closing => match command {
-                Some(Command::Send { frame, id, reply }) => {
-                    if let Err(e) = socket.send(Message::text(frame)).await {
-                        let _ = reply.send(Err(Error::Closed(e.to_string())));
-                        break (e.to_string(), None);
+            command = link.commands.recv(), if !closing => {
+                let (frame, id, waiting) = match command {
+                    Some(Command::Send { frame, id, reply }) => (frame, id, Pending::Send(reply)),
+                    Some(Command::Retag { frame, id, token, reply }) => {
+                        (frame, id, Pending::Retag(reply, token))
                     }
-                    pending.insert(id, reply);
-                }
-                Some(Command::Close) | None => {
-                    closing = true;
-                    let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
-                    if socket.send(Message::Close(Some(close))).await.is_err() {
-                        break ("closed by the client".to_owned(), None);
+                    Some(Command::Close) | None => {
+                        closing = true;
+                        let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+                        if socket.send(Message::Close(Some(close))).await.is_err() {
+                            break no_frame("closed by the client");
+                        }
+                        continue;
                     }
+                };
+                if let Err(e) = socket.send(Message::text(frame)).await {
+                    let close = no_frame(e.to_string());
+                    waiting.fail(Error::Closed(close.clone()));
+                    break close;
                 }
+                pending.insert(id, waiting);
             },
             frame = socket.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
@@ -651,20 +935,47 @@ async fn serve(mut socket: Socket, link: &mut Link) -> Ended {
                             Event::Message(Received { message, tags, pos, text: text.to_owned() })
                         }
                         ServerFrame::Resumed { recovered, missed } => Event::Resumed { recovered, missed },
-                        ServerFrame::Tags { tags, .. } => {
-                            // Retagged (PROTOCOL.md §13): a reconnect opens with the new tags.
-                            link.builder.tags = tags;
-                            continue;
+                        ServerFrame::Tags { id, tags, .. } => {
+                            // Retagged (PROTOCOL.md §13): a reconnect opens with the new tags,
+                            // and with the token that allowed them.
+                            link.builder.tags = tags.clone();
+                            let mine = match id {
+                                Some(RequestId::Integer(id)) => pending.remove(&id),
+                                _ => None,
+                            };
+                            match mine {
+                                Some(Pending::Retag(reply, token)) => {
+                                    if let Some(token) = token {
+                                        link.builder.token = Some(Ok(token));
+                                    }
+                                    // The event goes first: once `set_tags` returns, the cut
+                                    // is already in the queue.
+                                    let _ = link.incoming.send(Event::Retagged { tags: tags.clone() }).await;
+                                    let _ = reply.send(Ok(tags));
+                                    continue;
+                                }
+                                Some(other) => {
+                                    other.fail(Error::Protocol("a tags frame answered a request".into()));
+                                }
+                                None => {}
+                            }
+                            Event::Retagged { tags }
                         }
                         ServerFrame::Ack { id: RequestId::Integer(id), delivered } => {
-                            if let Some(reply) = pending.remove(&id) {
-                                let _ = reply.send(Ok(delivered));
+                            match pending.remove(&id) {
+                                Some(Pending::Send(reply)) => {
+                                    let _ = reply.send(Ok(delivered));
+                                }
+                                Some(other) => {
+                                    other.fail(Error::Protocol("an ack answered a retag".into()));
+                                }
+                                None => {}
                             }
                             continue;
                         }
                         ServerFrame::Error { id: Some(RequestId::Integer(id)), code, error } => {
-                            if let Some(reply) = pending.remove(&id) {
-                                let _ = reply.send(Err(Error::Rejected { code, message: error }));
+                            if let Some(waiting) = pending.remove(&id) {
+                                waiting.fail(Error::Rejected { code, message: error });
                             }
                             continue;
                         }
@@ -676,30 +987,27 @@ async fn serve(mut socket: Socket, link: &mut Link) -> Ended {
                 }
                 Some(Ok(Message::Close(frame))) => {
                     break match frame {
-                        Some(f) => {
-                            let code = u16::from(f.code);
-                            (format!("code {code} ({})", f.reason), Some(code))
-                        }
-                        None => ("closed without a code".to_owned(), None),
+                        Some(f) => Close { code: Some(u16::from(f.code)), reason: f.reason.to_string() },
+                        None => no_frame("closed without a code"),
                     };
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => break (e.to_string(), None),
-                None => break ("the connection ended".to_owned(), None),
+                Some(Err(e)) => break no_frame(e.to_string()),
+                None => break no_frame("the connection ended"),
             },
         }
     };
-    for (_, reply) in pending.drain() {
-        let _ = reply.send(Err(Error::Closed(reason.clone())));
+    for (_, waiting) in pending.drain() {
+        waiting.fail(Error::Closed(close.clone()));
     }
     // Answer the server's close (tungstenite queues the reply), then drop the socket before
     // anything else: the server waits for the TCP connection to end.
     let _ = socket.close(None).await;
     drop(socket);
     if closing {
-        Ended::Closed(reason)
+        Ended::ByClient(close)
     } else {
-        Ended::Lost(reason, code)
+        Ended::Lost(close)
     }
 }
 

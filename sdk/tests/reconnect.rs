@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use tagcast::client::{Event, Received, Reconnect};
+use tagcast::error::Close;
 use tagcast::{Error, Tags, WebSocketClient, WebSocketRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -198,7 +199,7 @@ async fn a_dropped_connection_gets_what_it_missed_once_and_in_order() {
     proxy.block(true);
     proxy.cut();
     match next_event(&client).await {
-        Event::Disconnected { reason } => assert!(!reason.is_empty()),
+        Event::Disconnected { code: None, reason } => assert!(!reason.is_empty()),
         other => panic!("expected the drop, got {other:?}"),
     }
     // Away: a send fails at once with a clear error, and is not queued for later.
@@ -280,7 +281,10 @@ async fn a_restarted_server_says_not_recovered() {
 
     server.stop().await;
     match next_event(&client).await {
-        Event::Disconnected { reason } => assert!(reason.starts_with("code 1001"), "{reason}"),
+        Event::Disconnected {
+            code: Some(1001),
+            reason,
+        } => assert!(!reason.is_empty()),
         other => panic!("expected the drop, got {other:?}"),
     }
     // A new server is a new history: the old position resumes, but cannot be recovered.
@@ -335,6 +339,10 @@ async fn a_retagged_connection_comes_back_with_its_new_tags() {
         .post("/retag", r#"{"tags":{"room":"old"},"set":{"room":"new"}}"#)
         .await;
     assert!(answer.contains(r#""retagged":1"#), "{answer}");
+    assert_eq!(
+        next_event(&client).await,
+        Event::Retagged { tags: new.clone() }
+    );
     assert_eq!(say("to new", &new).await.unwrap(), 1);
     assert_eq!(next_message(&client).await.message, "to new");
 
@@ -374,17 +382,22 @@ async fn without_reconnect_the_client_ends_with_its_connection() {
         .await
         .unwrap();
     proxy.cut();
-    assert!(matches!(
-        next_event(&client).await,
-        Event::Disconnected { .. }
-    ));
+    // Without `reconnect` the drop ends the client: one `Ended`, then nothing.
+    let Event::Ended(ended) = next_event(&client).await else {
+        panic!("expected the end");
+    };
+    assert!(
+        matches!(&ended, Error::Closed(close) if close.code.is_none()),
+        "{ended:?}"
+    );
     assert_eq!(client.recv_event().await, None);
+    assert_eq!(client.ended(), Some(ended.clone()));
     assert!(client.close_reason().is_some());
     let err = client
         .send(WebSocketRequest::new("late"))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Closed(_)), "{err:?}");
+    assert_eq!(err, ended);
     server.stop().await;
 }
 
@@ -536,11 +549,16 @@ async fn each_reopening_carries_the_right_since() {
         reason: "disconnected by the server".into(),
     };
     socket.close(Some(kicked)).await.unwrap();
-    match next_event(&client).await {
-        Event::Disconnected { reason } => assert!(reason.starts_with("code 4001"), "{reason}"),
-        other => panic!("expected the drop, got {other:?}"),
-    }
+    let expected = Error::Closed(Close {
+        code: Some(Close::DISCONNECTED),
+        reason: "disconnected by the server".into(),
+    });
+    assert_eq!(next_event(&client).await, Event::Ended(expected.clone()));
     assert_eq!(client.recv_event().await, None);
     assert!(server.accept(Duration::from_millis(600)).await.is_none());
-    assert!(client.close_reason().unwrap().contains("4001"));
+    assert_eq!(
+        client.close_reason().unwrap(),
+        "code 4001 (disconnected by the server)"
+    );
+    assert_eq!(client.ended(), Some(expected));
 }
