@@ -21,6 +21,10 @@ pub const POLICY_VIOLATION: u16 = 1008;
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// Closed by the server API (`POST /disconnect`).
 pub const DISCONNECTED: u16 = 4001;
+/// The node lost track of the cluster's history: resume to learn what was missed.
+pub const SERVICE_RESTART: u16 = 1012;
+/// The reason of a [`SERVICE_RESTART`] close.
+pub const SERVICE_RESTART_REASON: &str = "service restart";
 /// The server cannot serve right now (cluster bus down).
 pub const TRY_AGAIN_LATER: u16 = 1013;
 

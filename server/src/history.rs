@@ -6,6 +6,12 @@
 //! of each request (with its position) and its tags, at most `--history` of them, at most
 //! `--history-bytes` bytes of frames, none older than `--history-ttl`; the oldest go first.
 //!
+//! In a cluster with history (PROTOCOL.md §10, §11) the positions are the cluster's: Redis gives
+//! each request its sequence and the epoch of the shared history, and every node keeps what it
+//! receives from the bus in that order ([`Sequencer::keep_at`]), so a client may resume on any
+//! node. A new epoch from Redis (its history was lost) or a hole in the sequence restarts this
+//! node's copy ([`Sequencer::restart`]).
+//!
 //! The history's lock is also the node's sequencer: a request takes its position, is kept and
 //! collects its recipients under it, and a connection is registered (and its replay read)
 //! under it too; a delivery then takes its turn to offer before it lets the sequencer go. So
@@ -61,6 +67,8 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Ring {
+    /// The epoch of the positions: this node's, or its cluster's.
+    epoch: String,
     entries: VecDeque<Entry>,
     bytes: usize,
     /// The sequence of the last routed request (0: none yet).
@@ -95,7 +103,6 @@ pub struct Replay {
 /// The kept history of a node; its lock is the node's sequencer.
 #[derive(Debug)]
 pub struct History {
-    epoch: String,
     limits: Limits,
     ring: Mutex<Ring>,
     /// Taken by a delivery before it lets the sequencer go, and held while it offers: so
@@ -114,22 +121,17 @@ pub struct Sequencer<'a> {
 impl History {
     /// An empty history with a fresh random epoch.
     pub fn new(limits: Limits) -> Self {
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default();
-        Self::with_epoch(limits, base36(random ^ nanos.rotate_left(32)))
+        Self::with_epoch(limits, new_epoch())
     }
 
     /// An empty history with the given epoch (tests).
     pub fn with_epoch(limits: Limits, epoch: String) -> Self {
         History {
-            epoch,
             limits,
-            ring: Mutex::new(Ring::default()),
+            ring: Mutex::new(Ring {
+                epoch,
+                ..Ring::default()
+            }),
             offers: Mutex::new(()),
         }
     }
@@ -149,17 +151,29 @@ impl History {
         (ring.entries.len(), ring.bytes)
     }
 
+    /// Its bounds.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+}
+
+/// A position's epoch and sequence; `None` when it is not one of ours (another history's
+/// format).
+pub fn split_position(position: &str) -> Option<(&str, u64)> {
+    let (epoch, sequence) = position.split_once('.')?;
+    Some((epoch, sequence.parse().ok()?))
+}
+
+impl Ring {
     fn position(&self, sequence: u64) -> String {
         format!("{}.{sequence}", self.epoch)
     }
 
     /// The sequence of one of this history's positions; `None` for another history's.
     fn sequence_of(&self, position: &str) -> Option<u64> {
-        let (epoch, sequence) = position.split_once('.')?;
-        if epoch != self.epoch {
-            return None;
-        }
-        sequence.parse().ok()
+        split_position(position)
+            .filter(|(epoch, _)| *epoch == self.epoch)
+            .map(|(_, sequence)| sequence)
     }
 }
 
@@ -178,28 +192,66 @@ impl<'a> Sequencer<'a> {
 
     /// The position the next routed request takes.
     pub fn next_position(&self) -> String {
-        self.history.position(self.ring.last + 1)
+        self.ring.position(self.ring.last + 1)
     }
 
     /// Keeps the request that took [`next_position`](Sequencer::next_position): its tags and
     /// its `message` frame.
     pub fn keep(&mut self, tags: Tags, frame: Utf8Bytes) {
-        let now = Instant::now();
+        let sequence = self.ring.last + 1;
+        self.keep_at(sequence, Instant::now(), tags, frame);
+    }
+
+    /// The epoch of the positions.
+    pub fn epoch(&self) -> &str {
+        &self.ring.epoch
+    }
+
+    /// The sequence of the last routed request (0: none yet).
+    pub fn last(&self) -> u64 {
+        self.ring.last
+    }
+
+    /// The position of `sequence` in this history's epoch.
+    pub fn position(&self, sequence: u64) -> String {
+        self.ring.position(sequence)
+    }
+
+    /// Keeps a request the cluster positioned at `sequence` (routed at `at`), which must come
+    /// after the last one kept: a hole before it counts as fallen out, so resuming from before
+    /// the hole is not recovered.
+    pub fn keep_at(&mut self, sequence: u64, at: Instant, tags: Tags, frame: Utf8Bytes) {
         let ring = &mut *self.ring;
-        ring.last += 1;
+        debug_assert!(sequence > ring.last, "kept out of order");
+        if sequence > ring.last + 1 {
+            ring.evicted_through = sequence - 1;
+        }
+        ring.last = sequence;
         ring.bytes += frame.len();
         ring.entries.push_back(Entry {
-            sequence: ring.last,
-            at: now,
+            sequence,
+            at,
             tags,
             frame,
         });
-        ring.evict(&self.history.limits, now);
+        ring.evict(&self.history.limits, Instant::now());
+    }
+
+    /// Forgets everything kept and goes on in `epoch` after `last`: this node's copy of the
+    /// cluster's history no longer covers what it missed (or the cluster lost its history), so
+    /// a resume from any earlier position is not recovered.
+    pub fn restart(&mut self, epoch: &str, last: u64) {
+        let ring = &mut *self.ring;
+        ring.entries.clear();
+        ring.bytes = 0;
+        ring.epoch = epoch.to_owned();
+        ring.last = last;
+        ring.evicted_through = last;
     }
 
     /// The position of the last routed request (the cursor of a fresh connection).
     pub fn last_position(&self) -> String {
-        self.history.position(self.ring.last)
+        self.ring.position(self.ring.last)
     }
 
     /// The kept requests after `since` that a connection with `tags` would have received.
@@ -207,7 +259,7 @@ impl<'a> Sequencer<'a> {
     pub fn replay(&mut self, since: &str, tags: &Tags) -> Replay {
         self.ring.evict(&self.history.limits, Instant::now());
         let ring = &*self.ring;
-        let (after, recovered) = match self.history.sequence_of(since) {
+        let (after, recovered) = match ring.sequence_of(since) {
             Some(s) if s <= ring.last => (s, s >= ring.evicted_through),
             _ => (0, false),
         };
@@ -238,7 +290,7 @@ impl Sequencer<'_> {
     pub fn page(&mut self, since: Option<&str>, tags: &Tags, limit: usize) -> Page {
         self.ring.evict(&self.history.limits, Instant::now());
         let ring = &*self.ring;
-        let (after, recovered) = match since.map(|s| self.history.sequence_of(s)) {
+        let (after, recovered) = match since.map(|s| ring.sequence_of(s)) {
             None => (0, ring.evicted_through == 0),
             Some(Some(s)) if s <= ring.last => (s, s >= ring.evicted_through),
             Some(_) => (0, false),
@@ -259,9 +311,21 @@ impl Sequencer<'_> {
         Page {
             frames,
             recovered,
-            pos: self.history.position(last),
+            pos: ring.position(last),
         }
     }
+}
+
+/// A fresh random epoch: a few base-36 characters.
+pub fn new_epoch() -> String {
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    base36(random ^ nanos.rotate_left(32))
 }
 
 fn base36(mut n: u64) -> String {
@@ -303,7 +367,7 @@ mod tests {
         let b = History::new(limits(10));
         let pos = route(&a, Tags::new(), "x");
         check_position(&pos).unwrap();
-        assert_ne!(a.epoch, b.epoch);
+        assert_ne!(a.lock().epoch(), b.lock().epoch());
         assert!(check_position("").is_err());
         assert!(check_position("a b").is_err());
         assert!(check_position(&"a".repeat(65)).is_err());
@@ -334,6 +398,35 @@ mod tests {
         assert_eq!((r.recovered, r.frames.len()), (false, 2));
         // A position this history never gave.
         assert!(!h.lock().replay("e.99", &room1).recovered);
+    }
+
+    #[test]
+    fn a_clusters_positions_are_kept_as_given_and_a_hole_or_a_new_epoch_is_not_recovered() {
+        let h = History::with_epoch(limits(10), "mine".into());
+        let mut s = h.lock();
+        s.restart("c", 4);
+        assert_eq!(s.last_position(), "c.4");
+        let at = Instant::now();
+        s.keep_at(5, at, Tags::new(), Utf8Bytes::from("five"));
+        s.keep_at(6, at, Tags::new(), Utf8Bytes::from("six"));
+        let r = s.replay("c.4", &Tags::new());
+        assert_eq!((r.recovered, r.frames.len()), (true, 2));
+        // Before the restart: this copy does not know what came then.
+        assert!(!s.replay("c.3", &Tags::new()).recovered);
+        assert!(!s.replay("mine.0", &Tags::new()).recovered);
+        // A hole (7 and 8 never came): resuming from before it is not recovered, after it is.
+        s.keep_at(9, at, Tags::new(), Utf8Bytes::from("nine"));
+        assert!(!s.replay("c.6", &Tags::new()).recovered);
+        let r = s.replay("c.8", &Tags::new());
+        assert_eq!(
+            (r.recovered, r.frames),
+            (true, vec![Utf8Bytes::from("nine")])
+        );
+        // A new epoch: nothing of the old one is recovered.
+        s.restart("d", 0);
+        assert_eq!(s.epoch(), "d");
+        assert!(!s.replay("c.9", &Tags::new()).recovered);
+        assert!(s.replay("d.0", &Tags::new()).recovered);
     }
 
     #[test]

@@ -48,6 +48,12 @@ pub struct Metrics {
     pub bus_reconnects: Counter,
     /// Connections whose tags the server API or a client changed.
     pub retags: Counter,
+    /// Deliveries raw connections missed while the node was cut off from the cluster (caught
+    /// up for envelope connections only).
+    pub bus_missed: Counter,
+    /// Envelope connections closed with 1012 because the cluster's history no longer covered
+    /// what they missed while the node was cut off (or Redis lost it).
+    pub history_gap_closes: Counter,
     api: Family<Labels, Counter>,
     /// Requests kept in the history (set at each scrape).
     pub history_requests: Gauge,
@@ -161,6 +167,19 @@ impl Metrics {
             "Connections whose tags were changed (POST /retag, retag commands)",
             retags.clone(),
         );
+        let bus_missed = Counter::default();
+        registry.register(
+            "bus_missed_deliveries",
+            "Deliveries raw connections missed while the node was cut off from the cluster",
+            bus_missed.clone(),
+        );
+        let history_gap_closes = Counter::default();
+        registry.register(
+            "history_gap_closes",
+            "Envelope connections closed with 1012 because the cluster's history no longer \
+             covered what they missed",
+            history_gap_closes.clone(),
+        );
         let api = Family::<Labels, Counter>::default();
         registry.register(
             "api_requests",
@@ -197,6 +216,8 @@ impl Metrics {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or_default(),
             retags,
+            bus_missed,
+            history_gap_closes,
             api,
             history_requests,
             history_bytes,

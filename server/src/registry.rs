@@ -234,6 +234,17 @@ impl Registry {
         true
     }
 
+    /// Closes every envelope connection with `code` and `reason`; returns how many.
+    pub fn close_envelope(&self, code: u16, reason: &str) -> u64 {
+        let mut closed = 0;
+        self.read().for_each_match(&Tags::new(), |Key(conn)| {
+            if conn.envelope && conn.closer.close(code, reason) {
+                closed += 1;
+            }
+        });
+        closed
+    }
+
     /// Closes every connection with 1001 and refuses new ones: the start of a shutdown.
     pub fn close_all(&self) {
         let index = self.write();
@@ -268,6 +279,14 @@ impl Recipients {
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// Leaves out the raw connections (a request caught up after the node was cut off: a raw
+    /// connection cannot tell it from a new one); returns how many it left out.
+    pub fn retain_envelope(&mut self) -> u64 {
+        let before = self.list.len();
+        self.list.retain(|conn| conn.envelope);
+        (before - self.list.len()) as u64
     }
 
     /// Offers the frame to each recipient (see [`Registry::deliver`]); the first

@@ -15,7 +15,8 @@ use tagcast::{Error, MessageParser, ParseOptions, RequestId, ServerFrame, Tags, 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::{ApplicationsAuthManager, AuthManager, Handshake};
-use crate::cluster::Bus;
+use crate::close::{SERVICE_RESTART, SERVICE_RESTART_REASON};
+use crate::cluster::{Bus, Taken};
 use crate::connection::{Connection, Offered};
 use crate::history::{History, Limits, Sequencer};
 use crate::metrics::{Metrics, Transport};
@@ -75,6 +76,21 @@ pub struct Retagged {
     pub retagged: u64,
     /// Matching connections left unchanged because their new tags would break the rules.
     pub refused: u64,
+}
+
+/// Where the cluster put a request in its history (a cluster with history, PROTOCOL.md §10,
+/// §11): what [`Fanout::deliver_positioned`] needs besides the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Positioned<'a> {
+    /// The epoch of the cluster's history.
+    pub epoch: &'a str,
+    /// The request's sequence in it.
+    pub sequence: u64,
+    /// When it was routed, as this node's clock sees it (the history's TTL counts from it).
+    pub at: Instant,
+    /// Whether it is caught up after the node was cut off from the cluster: only envelope
+    /// connections get it; what raw connections miss is counted.
+    pub catch_up: bool,
 }
 
 /// What a connection writes before anything else (envelope mode, history on): its `position`
@@ -212,27 +228,100 @@ impl Fanout {
         true
     }
 
+    /// Delivers a request the cluster positioned to every matching connection of this node, in
+    /// the cluster's order, and keeps it at its position. `None` when it came before (it was
+    /// already delivered: a catch-up overlapping the live stream). A hole before it, or another
+    /// epoch, closes the envelope connections with 1012 first (they resume and learn what was
+    /// lost). With history off, this is [`deliver`](Fanout::deliver).
+    pub fn deliver_positioned(
+        &self,
+        at: Positioned<'_>,
+        tags: &Tags,
+        tags_json: &str,
+        payload_json: String,
+    ) -> Option<Delivery> {
+        let Some(history) = &self.history else {
+            return Some(self.deliver(tags, tags_json, payload_json));
+        };
+        let mut sequencer = history.lock();
+        if sequencer.epoch() == at.epoch && at.sequence <= sequencer.last() {
+            return None;
+        }
+        if sequencer.epoch() != at.epoch || at.sequence > sequencer.last() + 1 {
+            self.lost_history(&mut sequencer, at.epoch, at.sequence - 1);
+        }
+        let raw = Utf8Bytes::from(payload_json);
+        let pos = sequencer.position(at.sequence);
+        let frame = Utf8Bytes::from(encode_message_frame(&raw, tags_json, Some(&pos)));
+        sequencer.keep_at(at.sequence, at.at, tags.clone(), frame.clone());
+        let mut recipients = self.registry.recipients(tags);
+        if at.catch_up {
+            self.metrics.bus_missed.inc_by(recipients.retain_envelope());
+        }
+        let _turn = sequencer.offer_turn();
+        let delivery = recipients.offer(&raw, || frame);
+        self.metrics.record(&delivery);
+        Some(delivery)
+    }
+
+    /// Where the cluster's history stands when this node has caught up with it (epoch, last
+    /// sequence): if this node's copy does not end there, it missed what it cannot replay, and
+    /// its envelope connections are closed with 1012.
+    pub fn synced(&self, epoch: &str, last: u64) {
+        if let Some(history) = &self.history {
+            let mut sequencer = history.lock();
+            if sequencer.epoch() != epoch || sequencer.last() != last {
+                self.lost_history(&mut sequencer, epoch, last);
+            }
+        }
+    }
+
+    /// This node's copy of the history no longer follows the cluster's: its envelope
+    /// connections, whose positions it can no longer vouch for, close with 1012 so that they
+    /// resume (and learn `recovered: false`), and the copy starts again after `last`.
+    fn lost_history(&self, sequencer: &mut Sequencer<'_>, epoch: &str, last: u64) {
+        let closed = self
+            .registry
+            .close_envelope(SERVICE_RESTART, SERVICE_RESTART_REASON);
+        if closed > 0 {
+            tracing::warn!(
+                closed,
+                "this node missed requests the cluster's history no longer holds: envelope \
+                 connections closed with 1012 so that they resume"
+            );
+            self.metrics.history_gap_closes.inc_by(closed);
+        }
+        sequencer.restart(epoch, last);
+    }
+
     /// Delivers one routed request (its tags, and its payload as JSON text) to every matching
     /// connection of this node: raw connections get the payload, envelope connections a
     /// `message` frame built once.
     pub fn deliver(&self, tags: &Tags, tags_json: &str, payload_json: String) -> Delivery {
-        let raw = Utf8Bytes::from(payload_json);
-        let delivery = match &self.history {
-            None => self.registry.deliver(tags, &raw, || {
-                Utf8Bytes::from(encode_message_frame(&raw, tags_json, None))
-            }),
-            Some(history) => {
-                // Positioned, kept and offered under the sequencer: every connection receives
-                // positions in increasing order.
-                let mut sequencer = history.lock();
-                let pos = sequencer.next_position();
-                let frame = Utf8Bytes::from(encode_message_frame(&raw, tags_json, Some(&pos)));
-                sequencer.keep(tags.clone(), frame.clone());
-                let recipients = self.registry.recipients(tags);
-                let _turn = sequencer.offer_turn();
-                recipients.offer(&raw, || frame)
-            }
+        let Some(history) = &self.history else {
+            return self.deliver_unkept(tags, tags_json, payload_json);
         };
+        let raw = Utf8Bytes::from(payload_json);
+        // Positioned, kept and offered under the sequencer: every connection receives
+        // positions in increasing order.
+        let mut sequencer = history.lock();
+        let pos = sequencer.next_position();
+        let frame = Utf8Bytes::from(encode_message_frame(&raw, tags_json, Some(&pos)));
+        sequencer.keep(tags.clone(), frame.clone());
+        let recipients = self.registry.recipients(tags);
+        let _turn = sequencer.offer_turn();
+        let delivery = recipients.offer(&raw, || frame);
+        self.metrics.record(&delivery);
+        delivery
+    }
+
+    /// Delivers a request without a position and without keeping it (history off; or a
+    /// request from a cluster node without history, which a node with history cannot place).
+    pub fn deliver_unkept(&self, tags: &Tags, tags_json: &str, payload_json: String) -> Delivery {
+        let raw = Utf8Bytes::from(payload_json);
+        let delivery = self.registry.deliver(tags, &raw, || {
+            Utf8Bytes::from(encode_message_frame(&raw, tags_json, None))
+        });
         self.metrics.record(&delivery);
         delivery
     }
@@ -453,12 +542,16 @@ impl Router {
         let payload = encode(&message);
         let tags_json = tags.to_json();
         // On the bus before the local delivery: a request the cluster cannot carry is refused
-        // whole, never half delivered.
-        if let Err(e) = self.bus.publish(&tags_json, &payload).await {
-            tracing::debug!(reason = %e.0, "refusing a request: {e}");
-            return Err(Refusal::new(Reason::Unavailable, e.to_string()));
-        }
-        let delivery = self.fanout.deliver(&tags, &tags_json, payload);
+        // whole, never half delivered. In a cluster with history the bus delivers it here too,
+        // in the cluster's order.
+        let delivery = match self.bus.publish(&tags_json, &payload).await {
+            Err(e) => {
+                tracing::debug!(reason = %e.0, "refusing a request: {e}");
+                return Err(Refusal::new(Reason::Unavailable, e.to_string()));
+            }
+            Ok(Taken::Delivered(delivery)) => delivery,
+            Ok(Taken::Deliver) => self.fanout.deliver(&tags, &tags_json, payload),
+        };
         tracing::debug!(delivered = delivery.delivered, tags = %tags_json, "routed");
         Ok(delivery.delivered)
     }

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::AuthManager;
 use crate::close::Closer;
-use crate::cluster::{BoxFuture, Bus, BusError, Unavailable};
+use crate::cluster::{BoxFuture, Bus, BusError, Taken, Unavailable};
 use crate::connection::Connection;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -37,11 +37,11 @@ impl Bus for FakeBus {
         &'a self,
         tags_json: &'a str,
         payload_json: &'a str,
-    ) -> BoxFuture<'a, Result<(), Unavailable>> {
+    ) -> BoxFuture<'a, Result<Taken, Unavailable>> {
         let result = if self.is_up() {
             let mut published = self.published.lock().unwrap();
             published.push((tags_json.to_owned(), payload_json.to_owned()));
-            Ok(())
+            Ok(Taken::Deliver)
         } else {
             Err(Unavailable("the fake bus is down".into()))
         };

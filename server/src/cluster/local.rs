@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{BoxFuture, Bus, BusError, Unavailable};
+use super::{BoxFuture, Bus, BusError, Taken, Unavailable};
 use crate::router::Fanout;
 
 /// The bus of a node without `--redis`.
@@ -14,8 +14,8 @@ impl Bus for LocalBus {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<(), Unavailable>> {
-        Box::pin(async { Ok(()) })
+    fn publish<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<Taken, Unavailable>> {
+        Box::pin(async { Ok(Taken::Deliver) })
     }
 
     fn is_up(&self) -> bool {

@@ -14,10 +14,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::registry::Delivery;
 use crate::router::Fanout;
 
 /// A boxed future, as the [`Bus`] trait object returns them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What became of a request the bus took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// The caller delivers it to this node's connections now.
+    Deliver,
+    /// The bus delivered it to this node's connections in the cluster's order (with history,
+    /// PROTOCOL.md §10); this is that delivery.
+    Delivered(Delivery),
+}
 
 /// Why a request could not be put on the bus: it is refused as `unavailable`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,12 +67,14 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     fn start(self: Arc<Self>, fanout: Arc<Fanout>) -> BoxFuture<'static, Result<(), BusError>>;
 
     /// Puts one accepted request (its tags and payload as JSON) on the bus for the other nodes;
-    /// completes once the bus has taken it, so a sender's requests keep their order.
+    /// completes once the bus has taken it, so a sender's requests keep their order. Says
+    /// whether the caller delivers it to this node's connections now, or the bus did, in the
+    /// cluster's order (a cluster with history).
     fn publish<'a>(
         &'a self,
         tags_json: &'a str,
         payload_json: &'a str,
-    ) -> BoxFuture<'a, Result<(), Unavailable>>;
+    ) -> BoxFuture<'a, Result<Taken, Unavailable>>;
 
     /// Whether requests can go on the bus now (`/healthz`, `tagcast_bus_up`).
     fn is_up(&self) -> bool;

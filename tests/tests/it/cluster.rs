@@ -149,6 +149,13 @@ async fn requests_are_refused_while_redis_is_down_and_served_again_after() {
     redis.restart();
     wait_health(&a, 200, Duration::from_secs(15)).await;
     wait_health(&b, 200, Duration::from_secs(15)).await;
+    // This Redis keeps nothing on disk: the cluster's history is gone, so the envelope
+    // connection, whose position nobody can vouch for any more, is told to resume (§11).
+    assert_eq!(
+        recv_close(&mut sender).await,
+        (1012, "service restart".to_owned())
+    );
+    let mut sender = envelope(&a.url).await;
     send_text(&mut sender, r#"{"id":2,"message":"back","tags":{"g":1}}"#).await;
     assert_eq!(recv_json(&mut sender).await["type"], "ack");
     assert_eq!(recv_text(&mut listener).await, r#""back""#);
@@ -156,6 +163,7 @@ async fn requests_are_refused_while_redis_is_down_and_served_again_after() {
     let metrics = http_get(a.addr, "/metrics", "").await.body;
     assert_eq!(sample(&metrics, "tagcast_bus_up"), 1.0);
     assert_eq!(sample(&metrics, "tagcast_bus_reconnects_total"), 1.0);
+    assert_eq!(sample(&metrics, "tagcast_history_gap_closes_total"), 1.0);
     // The envelope, HTTP and raw refusals while Redis was down.
     assert_eq!(
         sample(
@@ -234,4 +242,248 @@ async fn a_node_serves_requests_as_soon_as_it_has_started() {
         assert_eq!(http_get(node.addr, "/healthz", "").await.status, 200);
         node.stop().await;
     }
+}
+
+// --- The cluster's shared history (PROTOCOL.md §10, §11) ---
+
+async fn node_with(redis_url: String, channel: &str, history: usize) -> TestServer {
+    TestServer::with_config(Config {
+        redis: Some(redis_url),
+        redis_channel: channel.to_owned(),
+        history,
+        ..Config::default()
+    })
+    .await
+}
+
+async fn publish_on(server: &TestServer, message: &str, tags: serde_json::Value) {
+    let body = json!({ "message": message, "tags": tags }).to_string();
+    let answer = http_post(server.addr, "/publish", &body).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+/// What a resuming connection gets: the replayed messages, then the `resumed` frame.
+async fn replay_of(ws: &mut Ws) -> (Vec<String>, serde_json::Value) {
+    let mut replayed = Vec::new();
+    loop {
+        let frame = recv_json(ws).await;
+        if frame["type"] == "resumed" {
+            return (replayed, frame);
+        }
+        assert_eq!(frame["type"], "message", "{frame}");
+        assert!(frame["pos"].is_string(), "{frame}");
+        replayed.push(frame["message"].as_str().unwrap().to_owned());
+    }
+}
+
+fn resume(server: &TestServer, tags: &str, since: &str) -> String {
+    format!("{}&since={}", server.url_with_tags(tags), encode(since))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_node_and_a_new_node_knows_the_history() {
+    let redis = RedisServer::start();
+    let (a, b) = (
+        node_with(redis.url(), "h", 100).await,
+        node_with(redis.url(), "h", 100).await,
+    );
+    let (mut ws, _) = envelope_at(&a.url_with_tags(r#"{"room":1}"#)).await;
+    a.wait_connections(1).await;
+    publish_on(&b, "seen", json!({"room": 1})).await;
+    let (_, seen_at) = recv_message(&mut ws).await;
+    ws.close(None).await.unwrap();
+    a.wait_connections(0).await;
+
+    publish_on(&a, "missed on A", json!({"room": 1})).await;
+    publish_on(&b, "missed on B", json!({"room": 1})).await;
+    publish_on(&b, "other room", json!({"room": 2})).await;
+
+    // On the other node: everything it missed, whichever node routed it, in order.
+    let (mut ws, cursor) = envelope_at(&resume(&b, r#"{"room":1}"#, &seen_at)).await;
+    let (replayed, resumed) = replay_of(&mut ws).await;
+    assert_eq!(replayed, ["missed on A", "missed on B"]);
+    assert_eq!(
+        resumed,
+        json!({"type":"resumed","recovered":true,"missed":2})
+    );
+    // Positions are the cluster's: B's cursor is the last routed request, wherever it went.
+    let (_, on_a) = envelope_at(&a.url).await;
+    assert_eq!(cursor, on_a);
+
+    // A node that joins later fills its copy of the history from Redis at start.
+    let c = node_with(redis.url(), "h", 100).await;
+    let (mut ws, _) = envelope_at(&resume(&c, r#"{"room":1}"#, &seen_at)).await;
+    let (replayed, resumed) = replay_of(&mut ws).await;
+    assert_eq!(replayed, ["missed on A", "missed on B"]);
+    assert_eq!(resumed["recovered"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_gets_the_clusters_positions_in_order_with_senders_on_every_node() {
+    let redis = RedisServer::start();
+    let nodes = [
+        node_with(redis.url(), "o", 10_000).await,
+        node_with(redis.url(), "o", 10_000).await,
+        node_with(redis.url(), "o", 10_000).await,
+    ];
+    let mut listeners = Vec::new();
+    for node in &nodes {
+        listeners.push(envelope(&node.url_with_tags(r#"{"g":1}"#)).await);
+        node.wait_connections(1).await;
+    }
+    // A sender on every node, all at once: each request is acked once the cluster ordered it.
+    const EACH: usize = 100;
+    let mut senders = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        let mut ws = envelope(&node.url).await;
+        senders.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let text = json!({"id": i, "message": format!("{n}:{i}"), "tags": {"g": 1}});
+                send_text(&mut ws, &text.to_string()).await;
+                let ack = recv_json(&mut ws).await;
+                assert_eq!(
+                    (ack["type"].as_str(), ack["id"].as_u64()),
+                    (Some("ack"), Some(i as u64)),
+                    "{ack}"
+                );
+            }
+        }));
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let mut orders = Vec::new();
+    for ws in &mut listeners {
+        let mut order = Vec::new();
+        let mut next = [0usize; 3];
+        let mut last: Option<u64> = None;
+        for _ in 0..3 * EACH {
+            let (frame, pos) = recv_message(ws).await;
+            let sequence: u64 = pos.rsplit('.').next().unwrap().parse().unwrap();
+            assert!(last.is_none_or(|l| sequence > l), "{pos} after {last:?}");
+            last = Some(sequence);
+            let text = frame["message"].as_str().unwrap().to_owned();
+            let (n, i) = text.split_once(':').unwrap();
+            let n: usize = n.parse().unwrap();
+            assert_eq!(i.parse::<usize>().unwrap(), next[n], "sender {n}'s order");
+            next[n] += 1;
+            order.push(text);
+        }
+        assert_silent(ws).await;
+        orders.push(order);
+    }
+    // The same order everywhere: the cluster's.
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[0], orders[2]);
+}
+
+/// A TCP proxy in front of Redis's Unix socket: a node behind it can be cut off from the
+/// cluster while the others carry on.
+struct RedisProxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl RedisProxy {
+    async fn start(redis: &RedisServer) -> RedisProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let socket = redis.socket.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                if *cut_rx.borrow() {
+                    continue; // refused while cut: dropped at once
+                }
+                let mut cut_rx = cut_rx.clone();
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    let Ok(mut unix) = tokio::net::UnixStream::connect(&socket).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        RedisProxy { addr, cut }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_catches_its_envelope_connections_up_when_it_rejoins() {
+    let redis = RedisServer::start();
+    let proxy = RedisProxy::start(&redis).await;
+    let a = node_with(proxy.url(), "cut", 100).await;
+    let b = node_with(redis.url(), "cut", 100).await;
+    let mut env = envelope(&a.url_with_tags(r#"{"g":1}"#)).await;
+    let mut plain = raw(&a.url_with_tags(r#"{"g":1}"#)).await;
+    a.wait_connections(2).await;
+    publish_on(&b, "before", json!({"g": 1})).await;
+    assert_eq!(recv_message(&mut env).await.0["message"], "before");
+    assert_eq!(recv_text(&mut plain).await, r#""before""#);
+
+    proxy.set_cut(true);
+    wait_health(&a, 503, WAIT).await;
+    publish_on(&b, "meanwhile 1", json!({"g": 1})).await;
+    publish_on(&b, "meanwhile 2", json!({"g": 1})).await;
+    proxy.set_cut(false);
+    wait_health(&a, 200, Duration::from_secs(15)).await;
+    publish_on(&b, "after", json!({"g": 1})).await;
+
+    // The envelope connection gets what it missed before anything newer, exactly once.
+    for expected in ["meanwhile 1", "meanwhile 2", "after"] {
+        assert_eq!(recv_message(&mut env).await.0["message"], expected);
+    }
+    assert_silent(&mut env).await;
+    // A raw connection cannot be caught up: it gets what comes after, and /metrics counts
+    // what it missed.
+    assert_eq!(recv_text(&mut plain).await, r#""after""#);
+    let metrics = http_get(a.addr, "/metrics", "").await.body;
+    assert_eq!(sample(&metrics, "tagcast_bus_missed_deliveries_total"), 2.0);
+    assert_eq!(sample(&metrics, "tagcast_history_gap_closes_total"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_gap_outlived_the_history_closes_its_envelope_connections_with_1012() {
+    let redis = RedisServer::start();
+    let proxy = RedisProxy::start(&redis).await;
+    let a = node_with(proxy.url(), "gap", 3).await;
+    let b = node_with(redis.url(), "gap", 3).await;
+    let (mut env, start) = envelope_at(&a.url_with_tags(r#"{"g":1}"#)).await;
+    let mut plain = raw(&a.url_with_tags(r#"{"g":1}"#)).await;
+    a.wait_connections(2).await;
+
+    proxy.set_cut(true);
+    wait_health(&a, 503, WAIT).await;
+    // Far more than Redis keeps (MAXLEN ~ 3 trims in whole blocks of 100 entries).
+    for i in 0..250 {
+        publish_on(&b, &format!("missed {i}"), json!({"g": 1})).await;
+    }
+    proxy.set_cut(false);
+    assert_eq!(
+        recv_close(&mut env).await,
+        (1012, "service restart".to_owned())
+    );
+    wait_health(&a, 200, Duration::from_secs(15)).await;
+    // Resuming (on this node or any) tells the client it lost messages.
+    let (mut env, _) = envelope_at(&resume(&a, r#"{"g":1}"#, &start)).await;
+    let (_, resumed) = replay_of(&mut env).await;
+    assert_eq!(resumed["recovered"], false);
+    // The raw connection stays open and hears what comes next.
+    publish_on(&b, "next", json!({"g": 1})).await;
+    assert_eq!(recv_text(&mut plain).await, r#""next""#);
+    assert_eq!(recv_message(&mut env).await.0["message"], "next");
+    let metrics = http_get(a.addr, "/metrics", "").await.body;
+    assert_eq!(sample(&metrics, "tagcast_history_gap_closes_total"), 1.0);
 }
