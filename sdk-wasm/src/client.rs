@@ -1,32 +1,40 @@
-//! The connection: `connect`, the `TagcastClient` it resolves to (send, handlers, close), and
-//! the background task that reads frames and, when the connection drops, reconnects with
-//! backoff and resumes where it left off (`since`, PROTOCOL.md §11).
+//! The connection: `connect`, the `TagcastClient` it resolves to (send, setTags, handlers,
+//! close), and the background task that reads frames and, when the connection drops,
+//! reconnects with backoff and resumes where it left off (`since`, PROTOCOL.md §11).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures_channel::oneshot;
+use futures_util::future::{select, Either};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gloo_net::websocket::futures::WebSocket;
 use gloo_net::websocket::{Message, State as WsState, WebSocketError};
+use gloo_timers::future::TimeoutFuture;
 use tagcast::envelope::{RequestId, ServerFrame, SUBPROTOCOL};
 use tagcast::request::MESSAGE_MANDATORY;
 use tagcast::resume::Cursor;
 use tagcast::{Metadata, Tags, WebSocketRequest};
 use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
 
-use crate::errors::{bad_request, from_sdk, tagcast_error, CLOSED};
+use crate::errors::{bad_request, closed, describe, from_sdk, tagcast_error, Close, TIMEOUT};
 use crate::events::{emit, object, Handlers, Kind};
-use crate::options::{metadata_from_js, tags_from_js, to_json, ConnectOptions};
+use crate::options::ConnectOptions;
+use crate::options::{metadata_from_js, number, string, tags_from_js, to_json};
 
 /// The close code of `POST /disconnect` (PROTOCOL.md §12): the server's application wants this
 /// connection gone, so the client does not come back.
 const DISCONNECTED_BY_THE_SERVER: u16 = 4001;
 
-/// A close frame's code and reason.
-type Close = (u16, String);
+/// The close code browsers report for a connection that ended (or never opened) without a
+/// close frame.
+const ABNORMAL: u16 = 1006;
+
+/// The longest delay `setTimeout` takes; longer ones would fire at once.
+const MAX_TIMEOUT_MS: f64 = 2_147_483_647.0;
 
 /// The connection states, as JavaScript sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +56,8 @@ impl State {
     }
 }
 
-type Reply = oneshot::Sender<Result<u64, JsValue>>;
+/// Where the answer of a `send` (`{delivered}`) or a `setTags` (the new tags) goes.
+type Reply = oneshot::Sender<Result<JsValue, JsValue>>;
 type Sink = SplitSink<WebSocket, Message>;
 type Stop = oneshot::Receiver<Sink>;
 
@@ -71,7 +80,14 @@ struct Inner {
     credentials: Vec<(String, String)>,
     /// The handshake URL, without `since`: `base` with the tags and credentials.
     url: String,
-    protocols: Vec<String>,
+    /// The connection's tags (the server's word after a retag).
+    tags: Tags,
+    /// The most tags of a connection or a send.
+    max_tags: usize,
+    /// The signed-tags token of the `token` option.
+    token: Option<String>,
+    /// The `getToken` option, called before every attempt to open.
+    get_token: Option<js_sys::Function>,
     state: State,
     sink: Option<Sink>,
     /// Hands the sink back to the reading task, which closes the socket with 1000.
@@ -83,6 +99,7 @@ struct Inner {
     /// The `since` of the next reconnect.
     cursor: Cursor,
     reconnect: bool,
+    max_retries: f64,
     min_delay_ms: f64,
     max_delay_ms: f64,
     default_tags: Tags,
@@ -90,9 +107,9 @@ struct Inner {
 }
 
 impl Inner {
-    fn fail_pending(&mut self, reason: &str) {
+    fn fail_pending(&mut self, reason: &str, close: Option<&Close>) {
         for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(tagcast_error(CLOSED, reason)));
+            let _ = reply.send(Err(closed(reason, close)));
         }
     }
 }
@@ -162,6 +179,96 @@ async fn open_socket(url: &str, protocols: &[String]) -> Result<WebSocket, Strin
     }
 }
 
+/// The subprotocols of the next attempt: `tagcast.v1`, and the token (`getToken`'s answer, or
+/// the `token` option) as `tagcast.token.<token>`.
+async fn protocols(inner: &Rc<RefCell<Inner>>) -> Result<Vec<String>, String> {
+    let (get_token, token) = {
+        let i = inner.borrow();
+        (i.get_token.clone(), i.token.clone())
+    };
+    let token = match get_token {
+        None => token,
+        Some(get_token) => {
+            let failed = |e: JsValue| format!("getToken failed: {}", describe(&e));
+            let answer = get_token.call0(&JsValue::NULL).map_err(failed)?;
+            let answer = JsFuture::from(js_sys::Promise::resolve(&answer))
+                .await
+                .map_err(failed)?;
+            if answer.is_undefined() || answer.is_null() {
+                None
+            } else {
+                Some(answer.as_string().ok_or("getToken must give a string")?)
+            }
+        }
+    };
+    let mut protocols = vec![SUBPROTOCOL.to_owned()];
+    protocols.extend(token.map(|t| format!("tagcast.token.{t}")));
+    Ok(protocols)
+}
+
+/// How [`open`] ended.
+enum Opened {
+    /// Open, and whether it was opened with `since`.
+    Socket(WebSocket, bool),
+    /// The application closed the client meanwhile.
+    Closed,
+    /// No more attempts: why.
+    GaveUp(String),
+}
+
+/// Opens a socket, resuming after the cursor's position when it has one. When reconnecting is
+/// on, a failed attempt is retried after a delay (exponential backoff with full jitter) up to
+/// `maxRetries` times; `wait_first` waits before the first attempt too (after a drop, so that
+/// clients of a restarted server do not all come back at once).
+async fn open(inner: &Rc<RefCell<Inner>>, wait_first: bool) -> Opened {
+    let mut failures: u32 = 0;
+    loop {
+        let (url, resuming, reconnect, max_retries, min, max) = {
+            let i = inner.borrow();
+            let since = i.cursor.since();
+            // The URL came from `handshake_url` already: adding a pair cannot fail.
+            let url = since
+                .and_then(|since| tagcast::url::handshake_url(&i.url, &[("since", since)]).ok())
+                .unwrap_or_else(|| i.url.clone());
+            let r = (i.reconnect, i.max_retries, i.min_delay_ms, i.max_delay_ms);
+            (url, since.is_some(), r.0, r.1, r.2, r.3)
+        };
+        if failures > 0 || wait_first {
+            // Full jitter: a uniform delay below an exponentially growing, capped bound.
+            let bound = (min * 2f64.powi(failures.min(20) as i32))
+                .min(max)
+                .min(MAX_TIMEOUT_MS);
+            TimeoutFuture::new((js_sys::Math::random() * bound) as u32).await;
+        }
+        if inner.borrow().state == State::Closed {
+            return Opened::Closed;
+        }
+        let opened = match protocols(inner).await {
+            Ok(protocols) => open_socket(&url, &protocols).await,
+            Err(e) => Err(e),
+        };
+        if inner.borrow().state == State::Closed {
+            if let Ok(socket) = opened {
+                let _ = socket.close(Some(1000), None);
+            }
+            return Opened::Closed;
+        }
+        match opened {
+            Ok(socket) => return Opened::Socket(socket, resuming),
+            Err(reason) => {
+                failures = failures.saturating_add(1);
+                if !reconnect || f64::from(failures) > max_retries {
+                    return Opened::GaveUp(if failures > 1 {
+                        format!("gave up after {failures} attempts: {reason}")
+                    } else {
+                        reason
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// A connection to a Tagcast server, made by `connect`.
 #[wasm_bindgen]
 pub struct TagcastClient {
@@ -171,16 +278,16 @@ pub struct TagcastClient {
 /// Opens a connection with `tags` and resolves once it is open. Rejects with a `TagcastError`
 /// whose code is `bad_request` for invalid tags or options, or a URL that is not `ws://` or
 /// `wss://` (all before any network use), or `closed` when the server cannot be reached or
-/// refuses the handshake. (Typed in `types`: wasm-bindgen would make `tags` and `options`
-/// required.)
+/// refuses the handshake (with `reconnect` on, after `maxRetries` more attempts). (Typed in
+/// `types`: wasm-bindgen would make `tags` and `options` required.)
 #[wasm_bindgen(skip_typescript)]
 pub async fn connect(
     url: String,
-    #[wasm_bindgen(unchecked_param_type = "Tags")] tags: Option<JsValue>,
-    #[wasm_bindgen(unchecked_param_type = "ConnectOptions")] options: Option<JsValue>,
+    tags: Option<JsValue>,
+    options: Option<JsValue>,
 ) -> Result<TagcastClient, JsValue> {
-    let tags = tags_from_js(&tags.unwrap_or(JsValue::UNDEFINED))?;
     let options = ConnectOptions::from_js(&options.unwrap_or(JsValue::UNDEFINED))?;
+    let tags = tags_from_js(&tags.unwrap_or(JsValue::UNDEFINED), options.max_tags)?;
 
     let mut credentials = Vec::with_capacity(2);
     if let Some(key) = options.key {
@@ -191,16 +298,15 @@ pub async fn connect(
     }
     let base = url;
     let url = handshake_url(&base, &tags, &credentials).map_err(|e| from_sdk(&e))?;
-    let mut protocols = vec![SUBPROTOCOL.to_owned()];
-    if let Some(t) = &options.token {
-        protocols.push(format!("tagcast.token.{t}"));
-    }
 
     let inner = Rc::new(RefCell::new(Inner {
         base,
         credentials,
         url,
-        protocols,
+        tags,
+        max_tags: options.max_tags,
+        token: options.token,
+        get_token: options.get_token,
         state: State::Connecting,
         sink: None,
         stop: None,
@@ -209,18 +315,17 @@ pub async fn connect(
         handlers: Rc::default(),
         cursor: Cursor::new(),
         reconnect: options.reconnect,
+        max_retries: options.max_retries,
         min_delay_ms: options.min_delay_ms,
         max_delay_ms: options.max_delay_ms,
         default_tags: options.default_tags,
         default_metadata: options.default_metadata,
     }));
-    let (url, protocols) = {
-        let i = inner.borrow();
-        (i.url.clone(), i.protocols.clone())
+    let socket = match open(&inner, false).await {
+        Opened::Socket(socket, _) => socket,
+        Opened::GaveUp(reason) => return Err(closed(&reason, None)),
+        Opened::Closed => return Err(closed("closed", None)),
     };
-    let socket = open_socket(&url, &protocols)
-        .await
-        .map_err(|e| tagcast_error(CLOSED, &e))?;
     let (stream, stopped) = install(&inner, socket);
     {
         let mut i = inner.borrow_mut();
@@ -248,7 +353,7 @@ async fn run(inner: Rc<RefCell<Inner>>, mut stream: SplitStream<WebSocket>, mut 
             let mut i = inner.borrow_mut();
             i.sink = None;
             i.stop = None;
-            i.fail_pending(&format!("connection lost: {reason}"));
+            i.fail_pending(&format!("connection lost: {reason}"), close.as_ref());
             i.reconnect && !kicked && i.state != State::Closed
         };
         if !reconnect {
@@ -256,62 +361,24 @@ async fn run(inner: Rc<RefCell<Inner>>, mut stream: SplitStream<WebSocket>, mut 
             return;
         }
         set_state(&inner, State::Reconnecting, close.as_ref());
-        match reopen(&inner).await {
-            Some((next, stop)) => {
-                stream = next;
-                stopped = stop;
+        match open(&inner, true).await {
+            Opened::Socket(socket, resuming) => {
+                (stream, stopped) = install(&inner, socket);
+                inner.borrow_mut().cursor.opened(resuming);
+                set_state(&inner, State::Open, None);
+                if !resuming {
+                    // No position to resume from (history off, or a drop before the first
+                    // frame): the server cannot say what was missed, so the client says it may
+                    // have been.
+                    emit_resumed(&inner, false, 0);
+                }
             }
-            None => return,
+            Opened::Closed => return,
+            Opened::GaveUp(reason) => {
+                set_state(&inner, State::Closed, Some(&(ABNORMAL, reason)));
+                return;
+            }
         }
-    }
-}
-
-/// Reopens with backoff, resuming after the cursor's position; `None` when the client was
-/// closed meanwhile.
-async fn reopen(inner: &Rc<RefCell<Inner>>) -> Option<(SplitStream<WebSocket>, Stop)> {
-    let mut attempt: u32 = 0;
-    loop {
-        let (url, resuming, protocols, min, max) = {
-            let i = inner.borrow();
-            if i.state == State::Closed {
-                return None;
-            }
-            let since = i.cursor.since();
-            // The URL came from `handshake_url` already: adding a pair cannot fail.
-            let url = since
-                .and_then(|since| tagcast::url::handshake_url(&i.url, &[("since", since)]).ok())
-                .unwrap_or_else(|| i.url.clone());
-            (
-                url,
-                since.is_some(),
-                i.protocols.clone(),
-                i.min_delay_ms,
-                i.max_delay_ms,
-            )
-        };
-        // Full jitter: a uniform delay below an exponentially growing, capped bound.
-        let bound = (min * 2f64.powi(attempt.min(20) as i32)).min(max);
-        let delay = (js_sys::Math::random() * bound) as u32;
-        gloo_timers::future::TimeoutFuture::new(delay).await;
-        if inner.borrow().state == State::Closed {
-            return None;
-        }
-        if let Ok(socket) = open_socket(&url, &protocols).await {
-            if inner.borrow().state == State::Closed {
-                let _ = socket.close(Some(1000), None);
-                return None;
-            }
-            let opened = install(inner, socket);
-            inner.borrow_mut().cursor.opened(resuming);
-            set_state(inner, State::Open, None);
-            if !resuming {
-                // No position to resume from (history off, or a drop before the first frame):
-                // the server cannot say what was missed, so the client says it may have been.
-                emit_resumed(inner, false, 0);
-            }
-            return Some(opened);
-        }
-        attempt = attempt.saturating_add(1);
     }
 }
 
@@ -361,6 +428,11 @@ fn emit_resumed(inner: &Rc<RefCell<Inner>>, recovered: bool, missed: u64) {
     emit(&handlers(inner), Kind::Resumed, &event, &[]);
 }
 
+/// A JSON text (that serde wrote) as a JavaScript value.
+fn parse_json(text: &str) -> JsValue {
+    js_sys::JSON::parse(text).unwrap_or(JsValue::NULL)
+}
+
 fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
     // Deliveries are parsed by the browser's JSON.parse: the payload reaches JavaScript as is.
     let Ok(parsed) = js_sys::JSON::parse(text) else {
@@ -369,9 +441,8 @@ fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
     let kind = js_sys::Reflect::get(&parsed, &"type".into())
         .ok()
         .and_then(|t| t.as_string());
+    let field = |name: &str| js_sys::Reflect::get(&parsed, &name.into()).unwrap_or(JsValue::NULL);
     if kind.as_deref() == Some("message") {
-        let field =
-            |name: &str| js_sys::Reflect::get(&parsed, &name.into()).unwrap_or(JsValue::NULL);
         let (message, tags, pos) = (field("message"), field("tags"), field("pos"));
         let pos = pos.as_string();
         inner.borrow_mut().cursor.message(pos.as_deref());
@@ -398,18 +469,34 @@ fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
             emit_resumed(inner, recovered, missed);
             return;
         }
-        ServerFrame::Tags { tags, .. } => {
+        ServerFrame::Tags { id, tags, pos } => {
             // Retagged (PROTOCOL.md §13): a reconnect opens with the new tags.
-            let mut i = inner.borrow_mut();
-            if let Ok(url) = handshake_url(&i.base, &tags, &i.credentials) {
-                i.url = url;
+            {
+                let mut i = inner.borrow_mut();
+                if let Ok(url) = handshake_url(&i.base, &tags, &i.credentials) {
+                    i.url = url;
+                }
+                i.tags = tags;
             }
-            return;
+            let tags = field("tags");
+            let mut fields = vec![("tags", &tags)];
+            let pos = pos.map(JsValue::from);
+            if let Some(pos) = &pos {
+                fields.push(("pos", pos));
+            }
+            emit(&handlers(inner), Kind::Tags, &object(&fields), &[]);
+            match id {
+                Some(RequestId::Integer(id)) => (id, Ok(tags)),
+                _ => return,
+            }
         }
         ServerFrame::Ack {
             id: RequestId::Integer(id),
             delivered,
-        } => (id, Ok(delivered)),
+        } => (
+            id,
+            Ok(object(&[("delivered", &JsValue::from(delivered as f64))])),
+        ),
         ServerFrame::Error {
             id: Some(RequestId::Integer(id)),
             code,
@@ -425,80 +512,149 @@ fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
     }
 }
 
+/// Reads the `timeoutMs` of a call's options: `None` for no timeout.
+fn timeout_ms(options: &JsValue) -> Result<Option<f64>, JsValue> {
+    let ms = number(options, "timeoutMs", f64::INFINITY)?;
+    Ok(ms.is_finite().then_some(ms.min(MAX_TIMEOUT_MS)))
+}
+
+/// Sends a frame that `build` makes from its id, and resolves to the server's answer for that
+/// id; rejects at once while the client is not open, and with `timeout` when no answer came
+/// within `timeout` milliseconds.
+fn request(
+    inner: &Rc<RefCell<Inner>>,
+    timeout: Option<f64>,
+    build: &dyn Fn(i64, &Inner) -> Result<String, JsValue>,
+) -> js_sys::Promise {
+    let sent = send_frame(inner, build);
+    let inner = inner.clone();
+    wasm_bindgen_futures::future_to_promise(async move {
+        let (id, answer) = sent?;
+        let gone = || closed("the connection closed before the answer", None);
+        match timeout {
+            None => answer.await.unwrap_or_else(|_| Err(gone())),
+            Some(ms) => match select(answer, TimeoutFuture::new(ms as u32)).await {
+                Either::Left((answer, _)) => answer.unwrap_or_else(|_| Err(gone())),
+                Either::Right(_) => {
+                    inner.borrow_mut().pending.remove(&id);
+                    Err(tagcast_error(
+                        TIMEOUT,
+                        &format!("no answer from the server within {} ms", ms as u64),
+                    ))
+                }
+            },
+        }
+    })
+}
+
+/// Builds and writes a frame on the open socket; the id and where its answer will come.
+fn send_frame(
+    inner: &Rc<RefCell<Inner>>,
+    build: &dyn Fn(i64, &Inner) -> Result<String, JsValue>,
+) -> Result<(i64, oneshot::Receiver<Result<JsValue, JsValue>>), JsValue> {
+    let mut inner = inner.borrow_mut();
+    let id = inner.next_id;
+    let frame = build(id, &inner)?;
+    if inner.state != State::Open {
+        return Err(closed(
+            &format!("not connected (state: {})", inner.state.as_str()),
+            None,
+        ));
+    }
+    inner.next_id += 1;
+    let sent = match inner.sink.as_mut() {
+        // gloo-net's sink is ready at once on an open socket: no await with a borrow held.
+        Some(sink) => sink.send(Message::Text(frame)).now_or_never(),
+        None => None,
+    };
+    match sent {
+        Some(Ok(())) => {}
+        _ => return Err(closed("the connection is not writable", None)),
+    }
+    let (reply, answer) = oneshot::channel();
+    inner.pending.insert(id, reply);
+    Ok((id, answer))
+}
+
 #[wasm_bindgen]
 impl TagcastClient {
     /// Sends `message` (any JSON value; a string by default on the server) to the connections
     /// whose tags contain `tags` (all of them when absent), with the default tags and metadata
     /// merged under the call's own. Resolves to `{ delivered }`, or rejects with a
-    /// `TagcastError` (`bad_request`, `unauthorized`, `rate_limited`, `unavailable`, `closed`).
-    /// (Typed in `types`: wasm-bindgen would make `tags` and `metadata` required.)
+    /// `TagcastError` (`bad_request`, `unauthorized`, `rate_limited`, `unavailable`, `closed`,
+    /// or `timeout` when `options.timeoutMs` passed without an answer). (Typed in `types`:
+    /// wasm-bindgen would make the optional parameters required.)
     #[wasm_bindgen(skip_typescript)]
     pub fn send(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "unknown")] message: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Tags")] tags: Option<JsValue>,
-        #[wasm_bindgen(unchecked_param_type = "Metadata")] metadata: Option<JsValue>,
+        message: JsValue,
+        tags: Option<JsValue>,
+        metadata: Option<JsValue>,
+        options: Option<JsValue>,
     ) -> js_sys::Promise {
-        let none = JsValue::UNDEFINED;
-        let prepared = self.prepare(
-            &message,
-            tags.as_ref().unwrap_or(&none),
-            metadata.as_ref().unwrap_or(&none),
-        );
-        let inner = self.inner.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let answer = prepared?;
-            let delivered = answer.await.unwrap_or_else(|_| {
-                Err(tagcast_error(
-                    CLOSED,
-                    "the connection closed before the answer",
-                ))
-            })?;
-            drop(inner);
-            let result = js_sys::Object::new();
-            js_sys::Reflect::set(&result, &"delivered".into(), &(delivered as f64).into())?;
-            Ok(result.into())
+        let options = options.unwrap_or(JsValue::UNDEFINED);
+        let prepared = (|| {
+            let message = match to_json(&message, "message")? {
+                None => return Err(bad_request(MESSAGE_MANDATORY)),
+                Some(m) => m,
+            };
+            let max_tags = self.inner.borrow().max_tags;
+            let tags = tags_from_js(tags.as_ref().unwrap_or(&JsValue::UNDEFINED), max_tags)?;
+            let metadata = metadata_from_js(metadata.as_ref().unwrap_or(&JsValue::UNDEFINED))?;
+            Ok((
+                WebSocketRequest::new(message)
+                    .with_tags(tags)
+                    .with_metadata(metadata),
+                timeout_ms(&options)?,
+            ))
+        })();
+        let (request_, timeout) = match prepared {
+            Ok(p) => p,
+            Err(e) => return js_sys::Promise::reject(&e),
+        };
+        request(&self.inner, timeout, &|id, inner| {
+            // The same frame as the native client's: defaults merged under the call's own.
+            request_
+                .to_envelope_json(id, &inner.default_tags, &inner.default_metadata)
+                .map_err(|e| from_sdk(&e))
         })
     }
 
-    fn prepare(
-        &self,
-        message: &JsValue,
-        tags: &JsValue,
-        metadata: &JsValue,
-    ) -> Result<oneshot::Receiver<Result<u64, JsValue>>, JsValue> {
-        let message = match to_json(message, "message")? {
-            None => return Err(bad_request(MESSAGE_MANDATORY)),
-            Some(m) => m,
+    /// Replaces the connection's tags without reconnecting (PROTOCOL.md §13): messages routed
+    /// before the server's answer were matched against the old tags, those after it against the
+    /// new ones. Resolves to the new tags, or rejects with a `TagcastError` (`bad_request`,
+    /// `unauthorized` for tags a signed-tags token does not allow, `closed`, `timeout`). A
+    /// reconnect opens with the new tags. `options.token`: a signed-tags token for the new tags.
+    /// (Typed in `types`.)
+    #[wasm_bindgen(js_name = setTags, skip_typescript)]
+    pub fn set_tags(&self, tags: JsValue, options: Option<JsValue>) -> js_sys::Promise {
+        let options = options.unwrap_or(JsValue::UNDEFINED);
+        let max_tags = self.inner.borrow().max_tags;
+        let prepared = (|| {
+            let tags = tags_from_js(&tags, max_tags)?;
+            let token = string(&options, "token")?;
+            Ok((tags, token, timeout_ms(&options)?))
+        })();
+        let (tags, token, timeout) = match prepared {
+            Ok(p) => p,
+            Err(e) => return js_sys::Promise::reject(&e),
         };
-        let request = WebSocketRequest::new(message)
-            .with_tags(tags_from_js(tags)?)
-            .with_metadata(metadata_from_js(metadata)?);
-        let mut inner = self.inner.borrow_mut();
-        let id = inner.next_id;
-        // The same frame as the native client's: defaults merged under the call's own.
-        let frame = request
-            .to_envelope_json(id, &inner.default_tags, &inner.default_metadata)
-            .map_err(|e| from_sdk(&e))?;
-        if inner.state != State::Open {
-            return Err(tagcast_error(
-                CLOSED,
-                &format!("not connected (state: {})", inner.state.as_str()),
-            ));
-        }
-        inner.next_id += 1;
-        let sent = match inner.sink.as_mut() {
-            // gloo-net's sink is ready at once on an open socket: no await with a borrow held.
-            Some(sink) => sink.send(Message::Text(frame)).now_or_never(),
-            None => None,
-        };
-        match sent {
-            Some(Ok(())) => {}
-            _ => return Err(tagcast_error(CLOSED, "the connection is not writable")),
-        }
-        let (reply, answer) = oneshot::channel();
-        inner.pending.insert(id, reply);
-        Ok(answer)
+        request(&self.inner, timeout, &|id, _| {
+            let token = token
+                .as_ref()
+                .map(|t| format!(",\"token\":{}", serde_json::Value::String(t.clone())))
+                .unwrap_or_default();
+            Ok(format!(
+                r#"{{"type":"retag","id":{id},"tags":{}{token}}}"#,
+                tags.to_json()
+            ))
+        })
+    }
+
+    /// The connection's tags: those it opened with, or the latest the server confirmed.
+    #[wasm_bindgen(getter, unchecked_return_type = "Tags")]
+    pub fn tags(&self) -> JsValue {
+        parse_json(&self.inner.borrow().tags.to_json())
     }
 
     /// Calls `callback(message, tags, pos)` for every message routed to this connection (`pos`:
@@ -566,7 +722,7 @@ impl TagcastClient {
     pub fn close(&self) {
         let handover = {
             let mut i = self.inner.borrow_mut();
-            i.fail_pending("closed by the application");
+            i.fail_pending("closed by the application", None);
             (i.sink.take(), i.stop.take())
         };
         let close = handover.0.as_ref().map(|_| (1000, String::new()));

@@ -1,17 +1,40 @@
-//! The errors JavaScript sees: `Error`s named `TagcastError` whose `code` a caller switches on.
+//! The errors JavaScript sees: instances of the `TagcastError` class (`js/tagcast-error.js`, a
+//! real `Error` subclass that the package exports) whose `code` a caller switches on.
 
 use tagcast::ErrorCode;
-use wasm_bindgen::JsValue;
+use wasm_bindgen::prelude::*;
 
 /// The code of failures of the connection itself (not a server error frame).
 pub(crate) const CLOSED: &str = "closed";
+/// The code of a `send` or `setTags` whose answer did not come within its `timeoutMs`.
+pub(crate) const TIMEOUT: &str = "timeout";
 
-/// A JavaScript `Error` named `TagcastError` with a `code` property.
+/// A close frame's code and reason.
+pub(crate) type Close = (u16, String);
+
+#[wasm_bindgen(module = "/js/tagcast-error.js")]
+extern "C" {
+    /// The JavaScript class `TagcastError`.
+    type TagcastError;
+
+    #[wasm_bindgen(constructor)]
+    fn new(
+        code: &str,
+        message: &str,
+        close_code: Option<u16>,
+        reason: Option<&str>,
+    ) -> TagcastError;
+}
+
+/// A `TagcastError` with this `code` and `message`.
 pub(crate) fn tagcast_error(code: &str, message: &str) -> JsValue {
-    let error = js_sys::Error::new(message);
-    error.set_name("TagcastError");
-    let _ = js_sys::Reflect::set(&error, &"code".into(), &code.into());
-    error.into()
+    TagcastError::new(code, message, None, None).into()
+}
+
+/// A `closed` error; with the close code and reason of the connection when it ended with one.
+pub(crate) fn closed(message: &str, close: Option<&Close>) -> JsValue {
+    let (code, reason) = close.map_or((None, None), |(c, r)| (Some(*c), Some(r.as_str())));
+    TagcastError::new(CLOSED, message, code, reason).into()
 }
 
 /// A `bad_request` error: the caller's input is wrong, nothing went to the network.
@@ -29,4 +52,13 @@ pub(crate) fn from_sdk(error: &tagcast::Error) -> JsValue {
         other => other.code().unwrap_or(ErrorCode::BadRequest).as_str(),
     };
     tagcast_error(code, &error.to_string())
+}
+
+/// What a JavaScript exception says: an `Error`'s message, a thrown string, or its type.
+pub(crate) fn describe(error: &JsValue) -> String {
+    js_sys::Reflect::get(error, &"message".into())
+        .ok()
+        .and_then(|m| m.as_string())
+        .or_else(|| error.as_string())
+        .unwrap_or_else(|| format!("a {}", error.js_typeof().as_string().unwrap_or_default()))
 }

@@ -18,6 +18,8 @@ pub(crate) enum Kind {
     State,
     /// A reconnect that resumed: `{recovered, missed}`.
     Resumed,
+    /// The connection's tags changed (`setTags`, or the server's `POST /retag`): `{tags, pos}`.
+    Tags,
     /// A handler threw: `{error, event}`.
     Error,
 }
@@ -29,10 +31,11 @@ impl Kind {
             "message" => Kind::Message,
             "state" => Kind::State,
             "resumed" => Kind::Resumed,
+            "tags" => Kind::Tags,
             "error" => Kind::Error,
             _ => {
                 return Err(bad_request(format!(
-                    "unknown event {name:?}: use message, state, resumed or error"
+                    "unknown event {name:?}: use message, state, resumed, tags or error"
                 )))
             }
         })
@@ -43,6 +46,7 @@ impl Kind {
             Kind::Message => "message",
             Kind::State => "state",
             Kind::Resumed => "resumed",
+            Kind::Tags => "tags",
             Kind::Error => "error",
         }
     }
@@ -87,7 +91,7 @@ impl Handlers {
         let legacy = match kind {
             Kind::Message => self.on_message.clone(),
             Kind::State => self.on_state.clone(),
-            Kind::Resumed | Kind::Error => Vec::new(),
+            Kind::Resumed | Kind::Tags | Kind::Error => Vec::new(),
         };
         (listeners.map(|(_, f)| f.clone()).collect(), legacy)
     }

@@ -30,13 +30,14 @@ pub(crate) fn to_json(value: &JsValue, what: &str) -> Result<Option<Value>, JsVa
         .transpose()
 }
 
-/// Validates tags given by JavaScript with the server's own rules, at most
-/// [`DEFAULT_MAX_TAGS`] of them; no tags for `undefined` and `null`.
-pub(crate) fn tags_from_js(value: &JsValue) -> Result<Tags, JsValue> {
+/// Validates tags given by JavaScript with the server's own rules, at most `max` of them; no
+/// tags for `undefined` and `null`.
+pub(crate) fn tags_from_js(value: &JsValue, max: usize) -> Result<Tags, JsValue> {
     match json_text(value, "tags")? {
         None => Ok(Tags::new()),
-        Some(text) => Tags::parse_bounded(&text, DEFAULT_MAX_TAGS)
-            .map_err(|e| bad_request(format!("invalid tags: {e}"))),
+        Some(text) => {
+            Tags::parse_bounded(&text, max).map_err(|e| bad_request(format!("invalid tags: {e}")))
+        }
     }
 }
 
@@ -51,8 +52,14 @@ pub(crate) fn metadata_from_js(value: &JsValue) -> Result<Metadata, JsValue> {
 
 /// The options of `connect` (the `ConnectOptions` TypeScript interface), read once.
 pub(crate) struct ConnectOptions {
-    /// Whether to reconnect when the connection drops.
+    /// Whether to retry a failed first connect and reconnect when the connection drops.
     pub reconnect: bool,
+    /// Failed attempts in a row (after the first) before the client gives up.
+    pub max_retries: f64,
+    /// The most tags of a connection or a send (the server's `--max-tags`).
+    pub max_tags: usize,
+    /// Called before every connect and reconnect for a fresh signed-tags token.
+    pub get_token: Option<js_sys::Function>,
     /// An application's key, for the handshake query.
     pub key: Option<String>,
     /// The application's secret, for the handshake query.
@@ -74,15 +81,30 @@ impl ConnectOptions {
     /// `bad_request` naming it.
     pub(crate) fn from_js(options: &JsValue) -> Result<Self, JsValue> {
         let reconnect = field(options, "reconnect").as_bool().unwrap_or(true);
+        let max_retries = number(options, "maxRetries", DEFAULT_MAX_RETRIES)?.floor();
+        let max_tags = max_tags(&field(options, "maxTags"))?;
+        let get_token = field(options, "getToken");
+        let get_token = if get_token.is_undefined() || get_token.is_null() {
+            None
+        } else {
+            Some(get_token.dyn_into().map_err(|_| {
+                bad_request(
+                    "option 'getToken' must be a function returning a token or a promise of one",
+                )
+            })?)
+        };
         let key = string(options, "key")?;
         let secret = string(options, "secret")?;
         let token = string(options, "token")?;
         let min_delay_ms = number(options, "minDelayMs", 250.0)?;
         let max_delay_ms = number(options, "maxDelayMs", 10_000.0)?.max(min_delay_ms);
-        let default_tags = tags_from_js(&field(options, "defaultTags"))?;
+        let default_tags = tags_from_js(&field(options, "defaultTags"), max_tags)?;
         let default_metadata = metadata_from_js(&field(options, "defaultMetadata"))?;
         Ok(ConnectOptions {
             reconnect,
+            max_retries,
+            max_tags,
+            get_token,
             key,
             secret,
             token,
@@ -94,6 +116,21 @@ impl ConnectOptions {
     }
 }
 
+/// The default of `maxRetries`: about half a minute of attempts with the default delays.
+const DEFAULT_MAX_RETRIES: f64 = 10.0;
+
+/// The `maxTags` of an option or of `validateTags`: a positive integer, the server's default
+/// when absent.
+fn max_tags(value: &JsValue) -> Result<usize, JsValue> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(DEFAULT_MAX_TAGS);
+    }
+    match value.as_f64() {
+        Some(n) if n >= 1.0 && n.fract() == 0.0 => Ok(n.min(u32::MAX.into()) as usize),
+        _ => Err(bad_request("maxTags must be a positive integer")),
+    }
+}
+
 fn field(options: &JsValue, name: &str) -> JsValue {
     if options.is_object() {
         js_sys::Reflect::get(options, &name.into()).unwrap_or(JsValue::UNDEFINED)
@@ -102,7 +139,7 @@ fn field(options: &JsValue, name: &str) -> JsValue {
     }
 }
 
-fn string(options: &JsValue, name: &str) -> Result<Option<String>, JsValue> {
+pub(crate) fn string(options: &JsValue, name: &str) -> Result<Option<String>, JsValue> {
     let v = field(options, name);
     if v.is_undefined() || v.is_null() {
         return Ok(None);
@@ -112,24 +149,24 @@ fn string(options: &JsValue, name: &str) -> Result<Option<String>, JsValue> {
         .ok_or_else(|| bad_request(format!("option '{name}' must be a string")))
 }
 
-fn number(options: &JsValue, name: &str, default: f64) -> Result<f64, JsValue> {
+pub(crate) fn number(options: &JsValue, name: &str, default: f64) -> Result<f64, JsValue> {
     let v = field(options, name);
     if v.is_undefined() || v.is_null() {
         return Ok(default);
     }
     match v.as_f64() {
-        Some(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        // `Infinity` is allowed (`maxRetries: Infinity` retries for ever; delays are capped).
+        Some(n) if n >= 0.0 => Ok(n),
         _ => Err(bad_request(format!(
             "option '{name}' must be a non-negative number"
         ))),
     }
 }
 
-/// Validates tags with the server's rules without connecting; throws a `bad_request`
-/// `TagcastError` naming the problem.
-#[wasm_bindgen(js_name = validateTags)]
-pub fn validate_tags(
-    #[wasm_bindgen(unchecked_param_type = "Tags")] tags: JsValue,
-) -> Result<(), JsValue> {
-    tags_from_js(&tags).map(|_| ())
+/// Validates tags with the server's rules without connecting, at most `maxTags` of them (the
+/// server's default, 64, when absent); throws a `bad_request` `TagcastError` naming the
+/// problem. (Typed in `types`: wasm-bindgen would make `maxTags` required.)
+#[wasm_bindgen(js_name = validateTags, skip_typescript)]
+pub fn validate_tags(tags: JsValue, max: Option<JsValue>) -> Result<(), JsValue> {
+    tags_from_js(&tags, max_tags(&max.unwrap_or(JsValue::UNDEFINED))?).map(|_| ())
 }

@@ -129,7 +129,7 @@ fn parsed(text: &str) -> serde_json::Value {
 }
 
 async fn send(client: &TagcastClient, message: JsValue, tags: JsValue) -> Result<f64, JsValue> {
-    let result = JsFuture::from(client.send(message, Some(tags), None)).await?;
+    let result = JsFuture::from(client.send(message, Some(tags), None, None)).await?;
     Ok(Reflect::get(&result, &"delivered".into())?
         .as_f64()
         .unwrap())
@@ -273,11 +273,15 @@ async fn error_codes() {
     assert_eq!(code(&err), "closed");
     anonymous.close();
 
-    // An unreachable server rejects `connect` with `closed`.
-    let err = connect("ws://127.0.0.1:9".into(), None, None)
-        .await
-        .err()
-        .unwrap();
+    // An unreachable server rejects `connect` with `closed` (at once without reconnecting).
+    let err = connect(
+        "ws://127.0.0.1:9".into(),
+        None,
+        Some(js(json!({"reconnect": false}))),
+    )
+    .await
+    .err()
+    .unwrap();
     assert_eq!(code(&err), "closed");
 }
 
@@ -524,4 +528,192 @@ async fn handlers_come_and_go_and_throwing_ones_are_reported() {
     assert_eq!(count(&log, "message"), 2, "the message handler was removed");
     assert_eq!(count(&log, "error"), 4);
     client.close();
+}
+
+/// Calls `connect` with these options; a `getToken` that counts its calls is added when
+/// `count_tokens` is set.
+fn token_counter() -> (Rc<RefCell<u32>>, Function) {
+    let calls = Rc::new(RefCell::new(0));
+    let sink = calls.clone();
+    let get_token = Closure::<dyn FnMut() -> js_sys::Promise>::new(move || {
+        *sink.borrow_mut() += 1;
+        js_sys::Promise::resolve(&JsValue::NULL)
+    });
+    (calls, get_token.into_js_value().unchecked_into())
+}
+
+fn with(options: JsValue, name: &str, value: &JsValue) -> JsValue {
+    Reflect::set(&options, &name.into(), value).unwrap();
+    options
+}
+
+#[wasm_bindgen_test]
+async fn errors_are_tagcast_error_instances() {
+    let err = connect(server(), Some(js(json!({"flag": true}))), None)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.is_instance_of::<js_sys::Error>());
+    let constructor = Reflect::get(&err, &"constructor".into()).unwrap();
+    assert_eq!(
+        Reflect::get(&constructor, &"name".into()).unwrap(),
+        "TagcastError"
+    );
+    assert_eq!(Reflect::get(&err, &"name".into()).unwrap(), "TagcastError");
+    assert_eq!(code(&err), "bad_request");
+    // Not a close: no close code or reason.
+    assert!(Reflect::get(&err, &"closeCode".into())
+        .unwrap()
+        .is_undefined());
+}
+
+#[wasm_bindgen_test]
+async fn the_first_connect_is_retried_then_gives_up_saying_why() {
+    let (calls, get_token) = token_counter();
+    let options = js(json!({"maxRetries": 2, "minDelayMs": 10, "maxDelayMs": 40}));
+    let options = with(options, "getToken", &get_token);
+    let err = connect("ws://127.0.0.1:9".into(), None, Some(options))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(code(&err), "closed");
+    assert!(
+        text(&err).starts_with("gave up after 3 attempts: could not open"),
+        "{}",
+        text(&err)
+    );
+    assert_eq!(*calls.borrow(), 3, "getToken before each attempt");
+
+    // Without reconnecting, one attempt.
+    let (calls, get_token) = token_counter();
+    let options = with(js(json!({"reconnect": false})), "getToken", &get_token);
+    let err = connect("ws://127.0.0.1:9".into(), None, Some(options))
+        .await
+        .err()
+        .unwrap();
+    assert!(text(&err).starts_with("could not open"), "{}", text(&err));
+    assert_eq!(*calls.borrow(), 1);
+
+    // A getToken that throws fails the attempt, saying so.
+    let throws = Function::new_no_args("throw new Error('no session')");
+    let options = with(js(json!({"reconnect": false})), "getToken", &throws);
+    let err = connect(server(), None, Some(options)).await.err().unwrap();
+    assert_eq!(text(&err), "getToken failed: no session");
+}
+
+#[wasm_bindgen_test]
+async fn a_first_connect_waits_for_a_server_that_comes() {
+    // The proxy refuses connections until it is mended.
+    control("/cut").await;
+    let (calls, get_token) = token_counter();
+    let options = with(
+        auth_options(json!({"maxRetries": 1000})),
+        "getToken",
+        &get_token,
+    );
+    let tags = json!({"test": "first connect"});
+    let connecting = connect(proxy(), Some(js(tags.clone())), Some(options));
+    let mend = async {
+        wait_for(|| *calls.borrow() >= 2, "a retry").await;
+        control("/mend").await;
+    };
+    let (client, ()) = futures_util::join!(connecting, mend);
+    let client = client.unwrap();
+    assert_eq!(client.state(), "open");
+    let (log, _) = record_events(&client, &["state", "resumed"]);
+    let before = *calls.borrow();
+
+    // A drop, then every attempt refused: after 1 + maxRetries attempts the client stops.
+    let stopping = connect(proxy(), None, Some(auth_options(json!({"maxRetries": 1}))))
+        .await
+        .unwrap();
+    let (stop_log, _) = record_events(&stopping, &["state"]);
+    control("/cut").await;
+    wait_for(|| stopping.state() == "closed", "giving up").await;
+    let last = parsed(&stop_log.borrow().last().unwrap().1);
+    assert_eq!(last["state"], "closed");
+    assert_eq!(last["code"], 1006);
+    let reason = last["reason"].as_str().unwrap();
+    assert!(reason.starts_with("gave up after 2 attempts"), "{reason}");
+
+    // The patient client came back, asking for a fresh token first.
+    control("/mend").await;
+    wait_for(|| count(&log, "resumed") == 1, "the resume").await;
+    assert!(*calls.borrow() > before, "getToken before reconnecting");
+    assert_eq!(client.state(), "open");
+    assert_eq!(
+        stopping.state(),
+        "closed",
+        "a client that gave up stays closed"
+    );
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn set_tags_moves_the_connection_in_place() {
+    let client = connect(
+        server(),
+        Some(js(json!({"room": "t1"}))),
+        Some(auth_options(json!({"maxTags": 2}))),
+    )
+    .await
+    .unwrap();
+    let publisher = connect(server(), None, Some(auth_options(json!({}))))
+        .await
+        .unwrap();
+    let (log, _) = record_events(&client, &["message", "tags", "state"]);
+    assert_eq!(
+        js_sys::JSON::stringify(&client.tags()).unwrap(),
+        r#"{"room":"t1"}"#
+    );
+
+    let new = JsFuture::from(client.set_tags(js(json!({"room": "t2", "user": 7})), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        parsed(&js_sys::JSON::stringify(&new).unwrap().as_string().unwrap()),
+        json!({"room": "t2", "user": 7})
+    );
+    let tags_event = parsed(&log.borrow()[0].1);
+    assert_eq!(log.borrow()[0].0, "tags");
+    assert_eq!(tags_event["tags"], json!({"room": "t2", "user": 7}));
+    assert!(tags_event["pos"].is_string(), "{tags_event}");
+    assert_eq!(
+        js_sys::JSON::stringify(&client.tags()).unwrap(),
+        r#"{"room":"t2","user":7}"#
+    );
+    // Routed by the new tags, without a reconnect.
+    assert_eq!(
+        send(&publisher, "old".into(), js(json!({"room": "t1"})))
+            .await
+            .unwrap(),
+        0.0
+    );
+    assert_eq!(
+        send(&publisher, "new".into(), js(json!({"user": 7})))
+            .await
+            .unwrap(),
+        1.0
+    );
+    wait_for(|| count(&log, "message") == 1, "the delivery").await;
+    assert_eq!(count(&log, "state"), 0, "no reconnect");
+
+    // Over `maxTags`, or not tags: refused before the network, the tags stay.
+    let err = JsFuture::from(client.set_tags(js(json!({"a": 1, "b": 2, "c": 3})), None))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "bad_request");
+    assert!(text(&err).contains('2'), "{}", text(&err));
+    let err = JsFuture::from(client.set_tags(js(json!({"a": true})), None))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "bad_request");
+    assert_eq!(count(&log, "tags"), 1);
+
+    // `validateTags` takes the same limit.
+    assert!(tagcast_wasm::validate_tags(js(json!({"a": 1, "b": 2})), Some(2.into())).is_ok());
+    let err = tagcast_wasm::validate_tags(js(json!({"a": 1, "b": 2})), Some(1.into())).unwrap_err();
+    assert_eq!(code(&err), "bad_request");
+    client.close();
+    publisher.close();
 }
