@@ -15,6 +15,7 @@ mod it {
     mod http_api;
     mod lifecycle;
     mod limits;
+    mod native_sdk;
     mod operations;
     mod payload;
     mod retag;
