@@ -1,7 +1,8 @@
 // The Tagcast web demo: several connections (panes) on one page, each with its own tags, and a
 // composer that sends a message and shows which panes received it. A pane that loses its
 // connection reconnects by itself and resumes: the messages it missed arrive marked "missed",
-// and a badge says whether the server could replay everything ("recovered") or not.
+// and a badge says whether the server could replay everything ("recovered") or not. New tags
+// apply to an open pane in place (`setTags`), without reconnecting.
 import init, { connect, validateTags } from "./pkg/tagcast.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -52,7 +53,7 @@ class Pane {
     $(".pane-name", this.el).value = name;
     for (const [k, v] of Object.entries(tags)) addRow($(".tag-rows", this.el), k, String(v));
     $(".add-tag", this.el).onclick = () => addRow($(".tag-rows", this.el));
-    $(".apply", this.el).onclick = () => this.reconnect();
+    $(".apply", this.el).onclick = () => this.applyTags();
     $(".toggle", this.el).onclick = () => (this.client ? this.disconnect() : this.reconnect());
     $(".remove", this.el).onclick = () => { this.disconnect(); this.el.remove(); panes.delete(this); };
     $("#panes").append(this.el);
@@ -88,6 +89,26 @@ class Pane {
     this.setState("closed");
   }
 
+  /** New tags for an open pane: changed in place (no reconnect), else a new connection. */
+  async applyTags() {
+    const tags = readRows($(".tag-rows", this.el));
+    if (this.client?.state !== "open") return this.reconnect();
+    this.showError("");
+    try {
+      await this.client.setTags(tags, { timeoutMs: 5000 });
+    } catch (error) {
+      this.showError(`Tags not changed: ${error.code}: ${error.message}`);
+    }
+  }
+
+  /** Shows the tags the server confirmed (after `setTags`, or a `POST /retag`). */
+  showTags(tags) {
+    const rows = $(".tag-rows", this.el);
+    rows.replaceChildren();
+    for (const [k, v] of Object.entries(tags)) addRow(rows, k, String(v));
+    this.el.dataset.retagged = String(Number(this.el.dataset.retagged ?? 0) + 1);
+  }
+
   async reconnect() {
     this.disconnect();
     this.showError("");
@@ -116,6 +137,7 @@ class Pane {
         away = false;
         this.showResumed(recovered, missed);
       });
+      client.on("tags", ({ tags: now }) => this.showTags(now));
       client.on("error", ({ error, event }) => this.showError(`The '${event}' handler failed: ${error}`));
     } catch (error) {
       this.setState("closed");

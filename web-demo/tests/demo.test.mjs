@@ -203,3 +203,33 @@ test("a pane that lost its connection shows what it missed, and that it recovere
     proxy.close();
   }
 });
+
+test("a pane's new tags apply in place, without reconnecting", async () => {
+  const { page, problems } = await openDemo();
+  // Every state the English pane goes through from now on.
+  await page.evaluate(() => {
+    window.states = [];
+    const pane = document.querySelector('[data-testid="pane-2"]');
+    new MutationObserver(() => window.states.push(pane.dataset.state))
+      .observe(pane, { attributes: true, attributeFilter: ["data-state"] });
+  });
+  await page.fill('[data-testid="pane-2"] .tag-rows .value', "FR");
+  await page.click('[data-testid="pane-2"] [data-testid="apply"]');
+  await page.waitForFunction(() => document.querySelector('[data-testid="pane-2"]').dataset.retagged === "1");
+  assert.equal(await page.inputValue('[data-testid="pane-2"] .tag-rows .value'), "FR");
+  await page.fill('[data-testid="message"]', "à tous les francophones");
+  await page.click('[data-testid="send"]');
+  await page.waitForFunction(() => document.querySelector('[data-testid="result"]').textContent.startsWith("delivered"));
+  assert.match(await page.textContent('[data-testid="result"]'), /^delivered 3 — received by French, English, French, user 42$/);
+  assert.deepEqual(await page.evaluate(() => window.states), [], "no reconnect");
+  assert.equal(await page.getAttribute('[data-testid="pane-2"]', "data-state"), "open");
+
+  // Tags the server's rules refuse are not applied, and the pane says why.
+  await page.fill('[data-testid="pane-2"] .tag-rows .value', "x".repeat(300));
+  await page.click('[data-testid="pane-2"] [data-testid="apply"]');
+  await page.waitForFunction(() => /Tags not changed/.test(document.querySelector('[data-testid="pane-2"] .error').textContent));
+  assert.match(await page.textContent('[data-testid="pane-2"] .error'), /^Tags not changed: bad_request: .*256/);
+  assert.deepEqual(await page.evaluate(() => window.states), []);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
