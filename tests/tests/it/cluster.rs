@@ -487,3 +487,281 @@ async fn a_node_whose_gap_outlived_the_history_closes_its_envelope_connections_w
     let metrics = http_get(a.addr, "/metrics", "").await.body;
     assert_eq!(sample(&metrics, "tagcast_history_gap_closes_total"), 1.0);
 }
+
+/// A small seeded generator (xorshift64*): the chaos schedule can be replayed from its seed.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// What one resuming client saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Messages in the order received.
+    messages: Vec<String>,
+    /// When the latest `resumed` frame with `recovered: false` arrived (messages sent after it
+    /// must all arrive), if any did.
+    unrecovered_at: Option<std::time::Instant>,
+    resumes: usize,
+}
+
+/// Two nodes (real processes) and Redis, clients resuming on both, a publisher on each; a
+/// seeded schedule SIGKILLs and restarts nodes, cuts clients' connections and restarts Redis.
+/// Every client ends with every request accepted after its last unrecovered resume (all of
+/// them, when every resume was recovered), none twice, in each sender's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_nodes_killed_connections_cut_and_redis_restarted_lose_nothing_unannounced() {
+    use futures_util::StreamExt;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let seed = std::env::var("TAGCAST_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("chaos schedule: TAGCAST_CHAOS_SEED={seed}");
+    let mut dice = Dice(seed);
+
+    let mut redis = RedisServer::start();
+    let redis_url = redis.url();
+    let start_node = || {
+        let url = redis_url.clone();
+        async move { super::cli::serve(&["--redis", &url, "--history", "1000"], &[]).await }
+    };
+    let mut nodes = vec![start_node().await, start_node().await];
+    let ports: Arc<Mutex<Vec<u16>>> =
+        Arc::new(Mutex::new(nodes.iter().map(|n| n.addr().port()).collect()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // Clients: each reads, and on any end resumes from its last position on a node picked at
+    // random (the seed decides), until told to stop.
+    const CLIENTS: usize = 4;
+    let mut clients = Vec::new();
+    let mut cutters = Vec::new();
+    for c in 0..CLIENTS {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (cut, mut cut_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        cutters.push(cut);
+        let (ports, stop, seen2) = (ports.clone(), stop.clone(), seen.clone());
+        let mut dice = Dice(seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let task = tokio::spawn(async move {
+            let mut pos: Option<String> = None;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let port = {
+                    let ports = ports.lock().unwrap();
+                    ports[dice.below(ports.len() as u64) as usize]
+                };
+                let mut url = format!("ws://127.0.0.1:{port}/?tags=%7B%22g%22%3A1%7D");
+                if let Some(p) = &pos {
+                    url.push_str(&format!("&since={}", encode(p)));
+                }
+                let mut request = url.into_client_request().unwrap();
+                request.headers_mut().insert(
+                    "Sec-WebSocket-Protocol",
+                    tokio_tungstenite::tungstenite::http::HeaderValue::from_static("tagcast.v1"),
+                );
+                let Ok((mut ws, _)) = tokio_tungstenite::connect_async(request).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue; // that node is down: try again
+                };
+                loop {
+                    let frame = tokio::select! {
+                        frame = ws.next() => frame,
+                        _ = cut_rx.recv() => None, // cut: the socket is dropped unclosed
+                    };
+                    let Some(Ok(Message::Text(text))) = frame else {
+                        break;
+                    };
+                    let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    match frame["type"].as_str() {
+                        Some("position") => {
+                            if pos.is_none() {
+                                pos = frame["pos"].as_str().map(str::to_owned);
+                                if let Some(ready) = ready_tx.take() {
+                                    let _ = ready.send(());
+                                }
+                            }
+                        }
+                        Some("message") => {
+                            pos = frame["pos"].as_str().map(str::to_owned);
+                            let text = frame["message"].as_str().unwrap().to_owned();
+                            seen2.lock().unwrap().messages.push(text);
+                        }
+                        Some("resumed") => {
+                            let mut seen = seen2.lock().unwrap();
+                            seen.resumes += 1;
+                            if frame["recovered"] == false {
+                                seen.unrecovered_at = Some(Instant::now());
+                            }
+                        }
+                        other => panic!("client {c}: unexpected frame {other:?}: {frame}"),
+                    }
+                }
+            }
+        });
+        ready_rx.await.expect("the client connected");
+        clients.push((task, seen));
+    }
+
+    // Publishers, one per node, over HTTP: each request's message is unique; what a node
+    // answered 200 to was accepted, with the time it was sent.
+    let accepted: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let mut publishers = Vec::new();
+    for p in 0..2usize {
+        let (ports, stop, accepted) = (ports.clone(), stop.clone(), accepted.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let port = ports.lock().unwrap()[p];
+                let message = format!("{p}:{i}");
+                i += 1;
+                let body = json!({"message": message, "tags": {"g": 1}}).to_string();
+                let sent = Instant::now();
+                let addr = ([127, 0, 0, 1], port).into();
+                match tokio::time::timeout(WAIT, try_http_post(addr, "/publish", &body)).await {
+                    Ok(Some(200)) => accepted.lock().unwrap().push((message, sent)),
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+
+    // The schedule: six faults, a second or so apart.
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300 + dice.below(700))).await;
+        // Redis restarts are the rarest: after one, only what follows must arrive.
+        match dice.below(5) {
+            0 | 1 => {
+                let n = dice.below(2) as usize;
+                eprintln!("round {round}: SIGKILL node {n} and restart it");
+                drop(std::mem::replace(&mut nodes[n], start_node().await));
+                ports.lock().unwrap()[n] = nodes[n].addr().port();
+            }
+            2 | 3 => {
+                let c = dice.below(CLIENTS as u64) as usize;
+                eprintln!("round {round}: cut client {c}'s connection");
+                let _ = cutters[c].send(());
+            }
+            _ => {
+                eprintln!("round {round}: restart Redis");
+                redis.kill();
+                redis.restart();
+            }
+        }
+    }
+    // Calm: let every node serve again, then stop the publishers and wait for each client to
+    // have every accepted request it must have.
+    for node in &nodes {
+        let addr = node.addr();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while try_http_get_status(addr, "/readyz").await != Some(200) {
+            assert!(Instant::now() < deadline, "node {addr} never served again");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // a few more requests on a calm cluster
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() > 50,
+        "too few requests accepted: {}",
+        accepted.len()
+    );
+    for (c, (task, seen)) in clients.into_iter().enumerate() {
+        let must = |seen: &Seen| -> Vec<String> {
+            accepted
+                .iter()
+                .filter(|(_, sent)| seen.unrecovered_at.is_none_or(|at| *sent > at))
+                .map(|(m, _)| m.clone())
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let missing: Vec<String> = {
+                let seen = seen.lock().unwrap();
+                let have: std::collections::HashSet<&String> = seen.messages.iter().collect();
+                must(&seen)
+                    .into_iter()
+                    .filter(|m| !have.contains(m))
+                    .collect()
+            };
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: client {c} never got {} accepted requests, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task.abort();
+        let seen = seen.lock().unwrap();
+        // None twice, and each sender's order.
+        let mut once = std::collections::HashSet::new();
+        let mut last = [None::<u64>; 2];
+        for m in &seen.messages {
+            assert!(once.insert(m), "seed {seed}: client {c} got {m} twice");
+            let (p, i) = m.split_once(':').unwrap();
+            let (p, i): (usize, u64) = (p.parse().unwrap(), i.parse().unwrap());
+            assert!(
+                last[p].is_none_or(|l| i > l),
+                "seed {seed}: client {c} got {m} after {p}:{:?}",
+                last[p]
+            );
+            last[p] = Some(i);
+        }
+        eprintln!(
+            "client {c}: {} messages, {} resumes, unrecovered: {}",
+            seen.messages.len(),
+            seen.resumes,
+            seen.unrecovered_at.is_some()
+        );
+    }
+}
+
+/// The status of a `POST`, or `None` when the node cannot be reached.
+async fn try_http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> Option<u16> {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    try_http_status(addr, &request).await
+}
+
+/// The status of a `GET`, or `None` when the node cannot be reached.
+async fn try_http_get_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    try_http_status(addr, &request).await
+}
+
+async fn try_http_status(addr: std::net::SocketAddr, request: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    tcp.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
