@@ -595,3 +595,90 @@ async fn set_tags_needs_envelope_mode() {
     ));
     client.close().await;
 }
+
+/// The README's native SDK example ("The Rust SDK"), word for word but for its output, which
+/// goes to `log` instead of the terminal.
+async fn readme_listen(
+    url: &str,
+    token: String,
+    log: &std::sync::Mutex<Vec<String>>,
+) -> Result<(), Error> {
+    let println = |line: String| log.lock().unwrap().push(line);
+    let eprintln = println;
+    let client = WebSocketClient::builder(url)
+        .token(token) // signed by the backend for {"user":42,"room":7}
+        .reconnect(Reconnect::default())
+        .connect()
+        .await?; // a refused token: Error::Refused { status: 401, reason: "expired: ..." }
+    client.set_tags(Tags::new().with("user", 42)).await?; // leaves room 7, without reconnecting
+    while let Some(event) = client.recv_event().await {
+        match event {
+            Event::Message(m) => println(format!("{}", m.message)),
+            Event::Disconnected { code, reason } => {
+                eprintln(format!("reconnecting ({code:?} {reason})"))
+            }
+            Event::Ended(Error::Closed(Close {
+                code: Some(Close::DISCONNECTED),
+                reason,
+            })) => {
+                eprintln(format!("logged out: {reason}")); // POST /disconnect: no reconnect
+            }
+            Event::Ended(error) => eprintln(format!("gone: {error}")), // e.g. HTTP 401 on a reconnect
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_example_listens_with_a_token_and_ends_at_4001() {
+    let server = TestServer::with_config(signed_config(AUTH_YAML)).await;
+    let api = api(&server.url);
+    let granted = Tags::new().with("user", 42).with("room", 7);
+    let log = std::sync::Mutex::new(Vec::new());
+    let listening = readme_listen(&server.url, token(&granted), &log);
+    let steering = async {
+        // Wait until the example has left room 7 (its set_tags was answered).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let user = api
+                .presence(&Tags::new().with("user", 42), None)
+                .await
+                .unwrap();
+            let room = api
+                .presence(&Tags::new().with("room", 7), None)
+                .await
+                .unwrap();
+            if user.connections == 1 && room.connections == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the example never moved"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            publish(&api, "to room 7", &Tags::new().with("room", 7)).await,
+            0
+        );
+        assert_eq!(
+            publish(&api, "to 42", &Tags::new().with("user", 42)).await,
+            1
+        );
+        while log.lock().unwrap().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the message never came"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let user42 = Tags::new().with("user", 42);
+        assert_eq!(api.disconnect(&user42, Some("bye")).await.unwrap(), 1);
+    };
+    let (listened, ()) = tokio::time::timeout(WAIT, async { tokio::join!(listening, steering) })
+        .await
+        .expect("the example ends after the disconnect");
+    listened.unwrap();
+    assert_eq!(*log.lock().unwrap(), [r#""to 42""#, "logged out: bye"]);
+}
