@@ -657,6 +657,10 @@ impl WebSocketClient {
     /// before the answer (the change may or may not have been made; reconnects use the old
     /// tags); [`Error::Protocol`] in raw mode, which has no commands.
     ///
+    /// The answer comes in order after the messages routed before it, which wait in the
+    /// client's queue (1024 of them): when many may arrive meanwhile, keep receiving from
+    /// another task (or in a `join!`) while this waits, as for [`send`](WebSocketClient::send).
+    ///
     /// ```
     /// use tagcast::{Tags, WebSocketClient, WebSocketRequest};
     ///

@@ -16,7 +16,9 @@
 //! - [`resume`]: [`Cursor`](resume::Cursor), a client's place in the server's history: the
 //!   `since` both SDKs reconnect with (PROTOCOL.md §11);
 //! - [`client`] (feature `client`, on by default): [`WebSocketClient`], tokio-based, which can
-//!   reconnect and resume by itself ([`Reconnect`], [`Event`]);
+//!   reconnect and resume by itself ([`Reconnect`], [`Event`]), open with a signed-tags token
+//!   ([`ClientBuilder::token`]) and change its tags in place ([`WebSocketClient::set_tags`]);
+//! - [`error`]: [`Error`], and [`Close`](error::Close), the close code and reason of a connection;
 //! - [`mock`]: [`WebSocketClientMock`], a recording [`Publisher`] for unit tests;
 //! - [`token`]: signed tags (HS256 JWTs) for `--signed-tags`: `sign_tags` for backends;
 //! - [`url`]: handshake URLs (a server URL with `tags`, `key`, ...), for every client.
