@@ -3,14 +3,22 @@
 //!
 //! No HTTP framework type here: each endpoint takes the request's parts and returns an
 //! [`Answer`]; `http.rs` wires them to routes.
+//!
+//! In a cluster, presence, disconnect and retag cover every node: the endpoint turns the
+//! request into a [`Question`], answers it for this node's connections ([`answer_here`]), asks
+//! the other nodes over the bus ([`Bus::ask`]), and sums what they answer ([`merge`]); a
+//! node that does not answer within a second is left out and the answer says `partial`.
+//! Nodes answer with counts, never with lists of connections. The history is the cluster's
+//! on every node (shared through Redis), so `GET /history` answers from this node's copy.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tagcast::Tags;
 
 use crate::auth::constant_time_eq;
-use crate::close::{Closer, DISCONNECTED};
+use crate::close::DISCONNECTED;
+use crate::cluster::Bus;
 use crate::handshake::parse_query;
-use crate::registry::Registry;
 use crate::router::Fanout;
 
 /// Most `by` values a presence answer lists.
@@ -59,15 +67,116 @@ impl Answer {
 pub struct Api<'a> {
     /// `--api-key`; `None` turns the API off.
     pub key: Option<&'a ApiKey>,
-    /// The open connections.
-    pub registry: &'a Registry,
-    /// Delivery, retagging and the history.
+    /// This node's connections, their retagging and the history.
     pub fanout: &'a Fanout,
     /// `--max-tags`.
     pub max_tags: usize,
-    /// Whether other nodes share the connections (a cluster): answers cover this node only
-    /// and say `partial`.
-    pub clustered: bool,
+    /// The other nodes of a cluster, asked for their part of each answer.
+    pub bus: &'a dyn Bus,
+}
+
+/// A question about the open connections that every node answers for its own (presence,
+/// disconnect, retag): what travels between the nodes of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Question {
+    /// How many connections have tags containing `tags`, per value of `by`.
+    Presence {
+        /// The tags counted connections contain.
+        tags: Tags,
+        /// The tag whose values are counted.
+        by: Option<String>,
+    },
+    /// Close every connection whose tags contain `tags` with 4001 and `reason`.
+    Disconnect {
+        /// The tags of the connections to close.
+        tags: Tags,
+        /// The close reason.
+        reason: String,
+    },
+    /// Change the tags of every connection whose tags contain `tags`.
+    Retag {
+        /// The tags of the connections to retag.
+        tags: Tags,
+        /// Pairs added or replaced.
+        set: Tags,
+        /// Names removed.
+        unset: Vec<String>,
+        /// The most tags a connection may end with (the asked node's `--max-tags`).
+        max_tags: usize,
+    },
+}
+
+/// Answers `question` for this node's connections (acting on them for disconnect and retag).
+pub fn answer_here(question: &Question, fanout: &Fanout) -> Value {
+    match question {
+        Question::Presence { tags, by } => {
+            let presence = fanout
+                .registry()
+                .presence(tags, by.as_deref(), MAX_PRESENCE_VALUES);
+            json!({
+                "connections": presence.connections,
+                "values": presence.values,
+                "truncated": presence.truncated,
+            })
+        }
+        Question::Disconnect { tags, reason } => {
+            let mut disconnected = 0u64;
+            for (conn, _) in fanout.registry().matching(tags) {
+                if conn.closer.close(DISCONNECTED, reason) {
+                    disconnected += 1;
+                }
+            }
+            json!({ "disconnected": disconnected })
+        }
+        Question::Retag {
+            tags,
+            set,
+            unset,
+            max_tags,
+        } => {
+            let retagged = fanout.retag(tags, set, unset, *max_tags);
+            json!({ "retagged": retagged.retagged, "refused": retagged.refused })
+        }
+    }
+}
+
+/// Sums the answers of several nodes to `question` (this node's first): counts add up, and
+/// presence values add up per value, at most [`MAX_PRESENCE_VALUES`] of them.
+pub fn merge(question: &Question, answers: &[Value]) -> Value {
+    let sum = |name: &str| -> u64 { answers.iter().filter_map(|a| a[name].as_u64()).sum() };
+    match question {
+        Question::Presence { by, .. } => {
+            let mut body = json!({ "connections": sum("connections") });
+            if by.is_some() {
+                let mut values = std::collections::BTreeMap::<String, u64>::new();
+                let mut truncated = answers.iter().any(|a| a["truncated"] == true);
+                for answer in answers {
+                    let Some(those) = answer["values"].as_object() else {
+                        continue;
+                    };
+                    for (value, n) in those {
+                        let n = n.as_u64().unwrap_or(0);
+                        let known = values.len();
+                        match values.get_mut(value) {
+                            Some(total) => *total += n,
+                            None if known < MAX_PRESENCE_VALUES => {
+                                values.insert(value.clone(), n);
+                            }
+                            None => truncated = true,
+                        }
+                    }
+                }
+                body["values"] = json!(values);
+                body["truncated"] = Value::Bool(truncated);
+            }
+            body
+        }
+        Question::Disconnect { .. } => json!({ "disconnected": sum("disconnected") }),
+        Question::Retag { .. } => {
+            json!({ "retagged": sum("retagged"), "refused": sum("refused") })
+        }
+    }
 }
 
 /// Whether `authorization` (the header's value) carries `key` as a bearer token.
@@ -117,89 +226,59 @@ impl Api<'_> {
         }
     }
 
-    fn with_partial(&self, mut body: Value) -> Answer {
-        body["partial"] = Value::Bool(self.clustered);
+    /// Answers `question` for every node: this one, then the others over the bus, summed;
+    /// `partial` when a node did not answer in time.
+    pub async fn ask(&self, question: Question) -> Answer {
+        let mut answers = vec![answer_here(&question, self.fanout)];
+        let others = self.bus.ask(&question).await;
+        answers.extend(others.answers);
+        let mut body = merge(&question, &answers);
+        body["partial"] = Value::Bool(others.partial);
         Answer::ok(body)
     }
 
     /// `GET /presence?tags=<json>[&by=NAME]`.
-    pub fn presence(&self, query: Option<&str>) -> Answer {
+    pub fn presence(&self, query: Option<&str>) -> Result<Question, Answer> {
         let query = query.map(parse_query).unwrap_or_default();
-        let tags = match self.query_tags(&query) {
-            Ok(t) => t,
-            Err(answer) => return answer,
-        };
-        let by = query_value(&query, "by");
-        let presence = self.registry.presence(&tags, by, MAX_PRESENCE_VALUES);
-        let mut body = json!({ "connections": presence.connections });
-        if by.is_some() {
-            body["values"] = Value::Object(
-                presence
-                    .values
-                    .into_iter()
-                    .map(|(value, n)| (value, Value::from(n)))
-                    .collect(),
-            );
-            body["truncated"] = Value::Bool(presence.truncated);
-        }
-        self.with_partial(body)
+        let tags = self.query_tags(&query)?;
+        let by = query_value(&query, "by").map(str::to_owned);
+        Ok(Question::Presence { tags, by })
     }
 
     /// `POST /disconnect` with `{"tags": {...}, "reason": "text"}`: closes every matching
     /// connection with 4001.
-    pub fn disconnect(&self, body: &[u8]) -> Answer {
-        let request = match object(body, &["tags", "reason"]) {
-            Ok(r) => r,
-            Err(answer) => return answer,
-        };
-        let tags = match required_tags(self, &request) {
-            Ok(t) => t,
-            Err(answer) => return answer,
-        };
+    pub fn disconnect(&self, body: &[u8]) -> Result<Question, Answer> {
+        let request = object(body, &["tags", "reason"])?;
+        let tags = required_tags(self, &request)?;
         let reason = match request.get("reason") {
-            None | Some(Value::Null) => DEFAULT_DISCONNECT_REASON,
-            Some(Value::String(s)) => s.as_str(),
-            Some(_) => return Answer::error(400, "'reason' must be a string"),
+            None | Some(Value::Null) => DEFAULT_DISCONNECT_REASON.to_owned(),
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(Answer::error(400, "'reason' must be a string")),
         };
-        let mut disconnected = 0u64;
-        for (conn, _) in self.registry.matching(&tags) {
-            if close(&conn.closer, reason) {
-                disconnected += 1;
-            }
-        }
-        self.with_partial(json!({ "disconnected": disconnected }))
+        Ok(Question::Disconnect { tags, reason })
     }
 
     /// `POST /retag` with `{"tags": {...}, "set": {...}, "unset": ["name", ...]}`.
-    pub fn retag(&self, body: &[u8]) -> Answer {
-        let request = match object(body, &["tags", "set", "unset"]) {
-            Ok(r) => r,
-            Err(answer) => return answer,
-        };
-        let tags = match required_tags(self, &request) {
-            Ok(t) => t,
-            Err(answer) => return answer,
-        };
-        let set = match self.tags(request.get("set"), "set") {
-            Ok(t) => t,
-            Err(answer) => return answer,
-        };
+    pub fn retag(&self, body: &[u8]) -> Result<Question, Answer> {
+        let request = object(body, &["tags", "set", "unset"])?;
+        let tags = required_tags(self, &request)?;
+        let set = self.tags(request.get("set"), "set")?;
+        let names = || Answer::error(400, "'unset' must be a list of tag names");
         let unset: Vec<String> = match request.get("unset") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(names)) => {
-                let names: Option<Vec<String>> = names
-                    .iter()
-                    .map(|n| n.as_str().map(str::to_owned))
-                    .collect();
-                match names {
-                    Some(names) => names,
-                    None => return Answer::error(400, "'unset' must be a list of tag names"),
-                }
-            }
-            Some(_) => return Answer::error(400, "'unset' must be a list of tag names"),
+            Some(Value::Array(names_given)) => names_given
+                .iter()
+                .map(|n| n.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(names)?,
+            Some(_) => return Err(names()),
         };
-        let retagged = self.fanout.retag(&tags, &set, &unset, self.max_tags);
-        self.with_partial(json!({ "retagged": retagged.retagged, "refused": retagged.refused }))
+        Ok(Question::Retag {
+            tags,
+            set,
+            unset,
+            max_tags: self.max_tags,
+        })
     }
 
     /// `GET /history?tags=<json>&since=<position>&limit=<n>`.
@@ -243,16 +322,14 @@ impl Api<'_> {
                 frame
             })
             .collect();
-        self.with_partial(json!({
+        // In a cluster every node keeps the cluster's history: this copy is the answer.
+        Answer::ok(json!({
             "messages": messages,
             "recovered": page.recovered,
             "pos": page.pos,
+            "partial": false,
         }))
     }
-}
-
-fn close(closer: &Closer, reason: &str) -> bool {
-    closer.close(DISCONNECTED, reason)
 }
 
 fn query_value<'q>(query: &'q [(String, String)], name: &str) -> Option<&'q str> {
@@ -294,6 +371,39 @@ fn required_tags(api: &Api<'_>, request: &Map<String, Value>) -> Result<Tags, An
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn questions_cross_the_bus_as_json_and_answers_add_up() {
+        let question = Question::Presence {
+            tags: Tags::new().with("room", 42),
+            by: Some("user".into()),
+        };
+        let text = serde_json::to_string(&question).unwrap();
+        assert_eq!(text, r#"{"op":"presence","tags":{"room":42},"by":"user"}"#);
+        assert_eq!(serde_json::from_str::<Question>(&text).unwrap(), question);
+        let answers = [
+            json!({"connections": 3, "values": {"1": 2, "2": 1}, "truncated": false}),
+            json!({"connections": 2, "values": {"2": 1, "3": 1}, "truncated": false}),
+        ];
+        assert_eq!(
+            merge(&question, &answers),
+            json!({"connections": 5, "values": {"1": 2, "2": 2, "3": 1}, "truncated": false})
+        );
+        let retag = Question::Retag {
+            tags: Tags::new(),
+            set: Tags::new(),
+            unset: vec![],
+            max_tags: 64,
+        };
+        let answers = [
+            json!({"retagged": 2, "refused": 1}),
+            json!({"retagged": 3, "refused": 0}),
+        ];
+        assert_eq!(
+            merge(&retag, &answers),
+            json!({"retagged": 5, "refused": 1})
+        );
+    }
 
     #[test]
     fn bearer_keys_are_compared_whole() {

@@ -220,11 +220,28 @@ async fn publish(
 fn api(state: &AppState) -> api::Api<'_> {
     api::Api {
         key: state.config.api_key.as_ref(),
-        registry: &state.registry,
         fanout: &state.router.fanout,
         max_tags: state.config.max_tags,
-        clustered: state.config.redis.is_some(),
+        bus: &*state.router.bus,
     }
+}
+
+/// Answers a server API request that every node of a cluster answers: checks the key, turns
+/// the request into a question with `parse`, and asks it.
+async fn api_ask(
+    state: &AppState,
+    name: &'static str,
+    headers: &axum::http::HeaderMap,
+    parse: impl FnOnce(&api::Api<'_>) -> Result<api::Question, api::Answer>,
+) -> Response {
+    let api = api(state);
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let answer = match api.authorize(authorization).and_then(|()| parse(&api)) {
+        Ok(question) => api.ask(question).await,
+        Err(refused) => refused,
+    };
+    state.metrics.api_request(name, answer.status);
+    (status(answer.status), Json(answer.body)).into_response()
 }
 
 /// Answers a server API request: checks the key, then runs `endpoint`.
@@ -246,9 +263,10 @@ fn api_answer(
 
 async fn presence(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let query = request.uri().query().map(str::to_owned);
-    api_answer(&state, "presence", request.headers(), |api| {
+    api_ask(&state, "presence", request.headers(), |api| {
         api.presence(query.as_deref())
     })
+    .await
 }
 
 async fn history(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -266,9 +284,10 @@ async fn disconnect(State(state): State<Arc<AppState>>, request: Request) -> Res
             "the body is over --max-message-bytes",
         );
     };
-    api_answer(&state, "disconnect", &parts.headers, |api| {
+    api_ask(&state, "disconnect", &parts.headers, |api| {
         api.disconnect(&body)
     })
+    .await
 }
 
 async fn retag(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -279,7 +298,7 @@ async fn retag(State(state): State<Arc<AppState>>, request: Request) -> Response
             "the body is over --max-message-bytes",
         );
     };
-    api_answer(&state, "retag", &parts.headers, |api| api.retag(&body))
+    api_ask(&state, "retag", &parts.headers, |api| api.retag(&body)).await
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {

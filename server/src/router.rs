@@ -109,6 +109,11 @@ impl Fanout {
         }
     }
 
+    /// This node's connections.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The kept history, if it is on.
     pub fn history(&self) -> Option<&History> {
         self.history.as_ref()

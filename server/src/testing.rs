@@ -10,9 +10,10 @@ use futures_util::{Sink, Stream};
 use tagcast::{StringParser, Tags};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::api::Question;
 use crate::auth::AuthManager;
 use crate::close::Closer;
-use crate::cluster::{BoxFuture, Bus, BusError, Taken, Unavailable};
+use crate::cluster::{Asked, BoxFuture, Bus, BusError, Taken, Unavailable};
 use crate::connection::Connection;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -46,6 +47,10 @@ impl Bus for FakeBus {
             Err(Unavailable("the fake bus is down".into()))
         };
         Box::pin(async move { result })
+    }
+
+    fn ask<'a>(&'a self, _: &'a Question) -> BoxFuture<'a, Asked> {
+        Box::pin(async { Asked::default() })
     }
 
     fn is_up(&self) -> bool {

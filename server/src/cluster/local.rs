@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use super::{BoxFuture, Bus, BusError, Taken, Unavailable};
+use super::{Asked, BoxFuture, Bus, BusError, Taken, Unavailable};
+use crate::api::Question;
 use crate::router::Fanout;
 
 /// The bus of a node without `--redis`.
@@ -16,6 +17,10 @@ impl Bus for LocalBus {
 
     fn publish<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<Taken, Unavailable>> {
         Box::pin(async { Ok(Taken::Deliver) })
+    }
+
+    fn ask<'a>(&'a self, _: &'a Question) -> BoxFuture<'a, Asked> {
+        Box::pin(async { Asked::default() })
     }
 
     fn is_up(&self) -> bool {

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::api::Question;
 use crate::registry::Delivery;
 use crate::router::Fanout;
 
@@ -78,4 +79,20 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether requests can go on the bus now (`/healthz`, `tagcast_bus_up`).
     fn is_up(&self) -> bool;
+
+    /// Asks every other node a server API question (PROTOCOL.md §12); each answers for its
+    /// own connections. Waits at most [`ASK_TIMEOUT`].
+    fn ask<'a>(&'a self, question: &'a Question) -> BoxFuture<'a, Asked>;
+}
+
+/// How long the server API waits for the other nodes' answers.
+pub const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The other nodes' answers to a [`Question`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Asked {
+    /// Their answers, as [`answer_here`](crate::api::answer_here) gives them.
+    pub answers: Vec<serde_json::Value>,
+    /// Whether some node did not answer in time (or the bus is down).
+    pub partial: bool,
 }

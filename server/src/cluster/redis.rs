@@ -35,7 +35,8 @@ use redis::AsyncConnectionConfig;
 use tagcast::Tags;
 use tokio::sync::oneshot;
 
-use super::{BoxFuture, Bus, BusError, Taken, Unavailable};
+use super::{Asked, BoxFuture, Bus, BusError, Taken, Unavailable, ASK_TIMEOUT};
+use crate::api::Question;
 use crate::history::split_position;
 use crate::registry::Delivery;
 use crate::router::{Fanout, Positioned};
@@ -200,6 +201,14 @@ pub struct RedisBus {
     next_request: AtomicU64,
     /// Senders waiting for their request to come back from the channel, by request id.
     waiting: Mutex<HashMap<u64, oneshot::Sender<Delivery>>>,
+    /// Where server API questions go (`<channel>:api`), and where this node's answers come
+    /// back (`<channel>:answers:<node>`).
+    questions: String,
+    answers: String,
+    /// Ids for this node's questions.
+    next_question: AtomicU64,
+    /// Questions waiting for the other nodes' answers, by question id.
+    asking: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<serde_json::Value>>>,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -261,6 +270,10 @@ impl RedisBus {
             fanout: OnceLock::new(),
             next_request: AtomicU64::new(1),
             waiting: Mutex::default(),
+            questions: format!("{channel}:api"),
+            answers: format!("{channel}:answers:{node:x}"),
+            next_question: AtomicU64::new(1),
+            asking: Mutex::default(),
         })
     }
 
@@ -282,7 +295,9 @@ impl RedisBus {
             .map_err(|_| {
                 redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
             })??;
-        pubsub.subscribe(&self.channel).await?;
+        pubsub
+            .subscribe(&[&self.channel, &self.questions, &self.answers])
+            .await?;
         let load = |script: &'static str| {
             let mut connection = connection.clone();
             async move {
@@ -410,7 +425,14 @@ impl RedisBus {
     ) {
         loop {
             while let Some(message) = messages.next().await {
-                self.deliver(message.get_payload_bytes(), &fanout);
+                let channel = message.get_channel_name();
+                if channel == self.questions {
+                    self.answer(message.get_payload_bytes(), &fanout);
+                } else if channel == self.answers {
+                    self.answered(message.get_payload_bytes());
+                } else {
+                    self.deliver(message.get_payload_bytes(), &fanout);
+                }
             }
             self.set_down(&fanout);
             let mut delay = BACKOFF_FIRST;
@@ -475,6 +497,99 @@ impl RedisBus {
         if let Some(sender) = waiting {
             let _ = sender.send(delivery.unwrap_or_default());
         }
+    }
+
+    /// Answers another node's server API question for this node's connections.
+    fn answer(&self, bytes: &[u8], fanout: &Fanout) {
+        #[derive(serde::Deserialize)]
+        struct Asked {
+            node: u64,
+            id: u64,
+            question: Question,
+        }
+        let asked: Asked = match serde_json::from_slice(bytes) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("ignoring a server API question this node cannot read: {e}");
+                return;
+            }
+        };
+        if asked.node == self.node {
+            return; // answered here by the asking endpoint
+        }
+        let answer = crate::api::answer_here(&asked.question, fanout);
+        let reply = serde_json::json!({ "id": asked.id, "answer": answer }).to_string();
+        let to = format!("{}:answers:{:x}", self.channel, asked.node);
+        let Ok(mut publisher) = self.publisher() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(to)
+                .arg(reply)
+                .query_async(&mut publisher.connection)
+                .await;
+            if let Err(e) = sent {
+                tracing::debug!("could not answer a server API question: {e}");
+            }
+        });
+    }
+
+    /// Another node's answer to one of this node's questions.
+    fn answered(&self, bytes: &[u8]) {
+        let Ok(mut reply) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+            return;
+        };
+        let Some(id) = reply["id"].as_u64() else {
+            return;
+        };
+        let asking = self.asking.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = asking.get(&id) {
+            let _ = sender.send(reply["answer"].take());
+        }
+    }
+
+    async fn ask_now(&self, question: &Question) -> Asked {
+        let down = Asked {
+            answers: Vec::new(),
+            partial: true,
+        };
+        let Ok(mut publisher) = self.publisher() else {
+            return down;
+        };
+        let id = self.next_question.fetch_add(1, Ordering::Relaxed);
+        let (sender, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        self.asking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, sender);
+        let asked = serde_json::json!({ "node": self.node, "id": id, "question": question });
+        let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
+        // PUBLISH answers how many nodes (this one included) listen for questions.
+        let listening = tokio::time::timeout_at(
+            deadline,
+            redis::cmd("PUBLISH")
+                .arg(&self.questions)
+                .arg(asked.to_string())
+                .query_async::<u64>(&mut publisher.connection),
+        )
+        .await;
+        let mut result = down;
+        if let Ok(Ok(listening)) = listening {
+            let others = listening.saturating_sub(1) as usize;
+            while result.answers.len() < others {
+                match tokio::time::timeout_at(deadline, answers.recv()).await {
+                    Ok(Some(answer)) => result.answers.push(answer),
+                    _ => break,
+                }
+            }
+            result.partial = result.answers.len() < others;
+        }
+        self.asking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        result
     }
 
     fn publisher(&self) -> Result<Publisher, Unavailable> {
@@ -646,6 +761,10 @@ impl Bus for RedisBus {
 
     fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    fn ask<'a>(&'a self, question: &'a Question) -> BoxFuture<'a, Asked> {
+        Box::pin(self.ask_now(question))
     }
 }
 

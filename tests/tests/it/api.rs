@@ -297,3 +297,126 @@ async fn the_api_key_authorizes_publish_under_auth() {
     let with = http_request(server.addr, "POST", "/publish", &headers, body).await;
     assert_eq!((with.status, with.body.trim()), (200, r#"{"delivered":0}"#));
 }
+
+/// Sends SIGSTOP or SIGCONT to a process.
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_every_endpoint_covers_every_node_and_a_silent_node_makes_it_partial() {
+    let redis = RedisServer::start();
+    let clustered = || Config {
+        redis: Some(redis.url()),
+        redis_channel: "api".into(),
+        ..Config::default()
+    };
+    let a = api_server(clustered()).await;
+    let b = api_server(clustered()).await;
+    // The third node is a process, so that it can be stopped (SIGSTOP) and go on (SIGCONT).
+    let c = super::cli::serve(
+        &[
+            "--redis",
+            &redis.url(),
+            "--redis-channel",
+            "api",
+            "--api-key",
+            KEY,
+        ],
+        &[],
+    )
+    .await;
+    let c_url = |tags: &str| format!("ws://{}/?tags={}", c.addr(), encode(tags));
+    let mut open = Vec::new();
+    for (user, url) in [
+        (1, a.url_with_tags(r#"{"room":42,"user":1}"#)),
+        (2, b.url_with_tags(r#"{"room":42,"user":2}"#)),
+        (2, b.url_with_tags(r#"{"room":42,"user":2}"#)),
+        (3, c_url(r#"{"room":42,"user":3}"#)),
+        (4, c_url(r#"{"room":7,"user":4}"#)),
+    ] {
+        open.push((user, envelope(&url).await));
+    }
+    a.wait_connections(1).await;
+    b.wait_connections(2).await;
+    // C's own count, through the API of a node that answers for itself.
+    let room42 = encode(r#"{"room":42}"#);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = get(&a, &format!("/presence?tags={room42}&by=user")).await;
+        assert_eq!(status, 200, "{body}");
+        if body["connections"] == 4 {
+            // Counts from every node, summed per value; nothing but counts crossed the bus.
+            assert_eq!(
+                body,
+                json!({"connections": 4, "values": {"1": 1, "2": 2, "3": 1}, "truncated": false, "partial": false})
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "C's connections never counted: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Retag on B moves connections on every node; each envelope client hears its new tags.
+    let (status, body) = post(
+        &b,
+        "/retag",
+        json!({"tags": {"room": 42}, "set": {"room": 43}}),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"retagged": 4, "refused": 0, "partial": false}))
+    );
+    for (user, ws) in open.iter_mut().filter(|(user, _)| *user != 4) {
+        let frame = recv_json(ws).await;
+        assert_eq!(frame["type"], "tags", "user {user}: {frame}");
+        assert_eq!(frame["tags"]["room"], 43, "user {user}: {frame}");
+    }
+
+    // Disconnect on A closes user 2 on B and user 3 on C... every node, with 4001.
+    let (status, body) = post(
+        &a,
+        "/disconnect",
+        json!({"tags": {"room": 43}, "reason": "room closed"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"disconnected": 4, "partial": false}))
+    );
+    for (user, ws) in open.iter_mut().filter(|(user, _)| *user != 4) {
+        assert_eq!(
+            recv_close(ws).await,
+            (4001, "room closed".to_owned()),
+            "user {user}"
+        );
+    }
+
+    a.wait_connections(0).await;
+    b.wait_connections(0).await;
+
+    // A node that does not answer within a second is left out, and the answer says so.
+    signal(c.pid(), "STOP");
+    let asked = std::time::Instant::now();
+    let (status, body) = get(&a, "/presence").await;
+    signal(c.pid(), "CONT");
+    assert_eq!(
+        (status, body),
+        (200, json!({"connections": 0, "partial": true}))
+    );
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(3),
+        "the 1 s bound"
+    );
+    // Once it answers again, the whole cluster is counted.
+    let (_, body) = get(&a, "/presence").await;
+    assert_eq!(body, json!({"connections": 1, "partial": false}));
+}
