@@ -134,6 +134,11 @@ def main():
     r[("nobatch-nohistory", "tagcast")] = run("tagcast", "fanout", "--subscribers", 10000 // q,
                                               "--groups", 100, "--in-flight", 1, "--messages", 3000 // q,
                                               serve=["--history", "0"])
+    # Presence by tag set (issue 3/7): 19,000 connections in 190 rooms, 100 per room, each
+    # request counts one room by user over one keep-alive HTTP connection.
+    r[("presence", "tagcast")] = run("tagcast", "presence", "--connections", 19000 // q,
+                                     "--rooms", 190 // q, "--requests", 1000, "--api-key", "bench-key",
+                                     serve=["--api-key", "bench-key"])
     # 6. Slow consumers: 1% of 1,000 subscribers never read (with 4 KiB receive buffers), with
     # enough data (8 MB each) to overflow their queues; the same run without them to compare.
     r[("slow", "tagcast")] = run("tagcast", "slow", "--subscribers", 1000, "--groups", 1, "--in-flight", 16,
@@ -181,6 +186,10 @@ def main():
     check("8 handshakes/s during a burst fan-out >= 0.5x of without", ratio >= 0.5,
           f"{ratio:.2f}x ({r[('connect-burst', t)]['connects_per_sec']:.0f} vs {r[('connect', t)]['connects_per_sec']:.0f}/s, "
           f"{r[('connect-burst', t)]['burst_deliveries_per_sec']:.0f} deliveries/s beside them)")
+    pr = r[("presence", t)]
+    check("10 presence of 100 among 19,000 connections < 10 ms", pr["p99_ms"] < 10,
+          f"p50 {pr['p50_ms']} ms, p99 {pr['p99_ms']} ms, max {pr['max_ms']} ms over HTTP "
+          f"({pr['matching']} of {pr['connections']} counted by user)")
     for name, on, off in (("2", "burst", "burst-nohistory"), ("3", "nobatch", "nobatch-nohistory")):
         ratio = r[(on, t)]["deliveries_per_sec"] / r[(off, t)]["deliveries_per_sec"]
         cpu = r[(on, t)]["server_cpu_us_per_delivery"] / r[(off, t)]["server_cpu_us_per_delivery"]

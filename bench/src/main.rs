@@ -39,6 +39,8 @@ enum Scenario {
     Idle(IdleArgs),
     /// Handshakes per second with concurrent connectors.
     Connect(ConnectArgs),
+    /// Latency of `GET /presence` by tag set on a node with many connections.
+    Presence(PresenceArgs),
     /// Publishers, connection churn and slow consumers together for a while: server RSS at
     /// the end against RSS after warm-up.
     Soak(SoakArgs),
@@ -130,6 +132,24 @@ struct SlowArgs {
     /// Percent of subscribers that never read.
     #[arg(long, default_value_t = 1.0)]
     slow_percent: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+struct PresenceArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections to open, tagged {"room": i % rooms, "user": i}.
+    #[arg(long, default_value_t = 19_000)]
+    connections: usize,
+    /// Rooms: each presence request counts one room's connections (connections / rooms).
+    #[arg(long, default_value_t = 190)]
+    rooms: usize,
+    /// Presence requests to time, one after the other on one keep-alive HTTP connection.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// The server's `--api-key`.
+    #[arg(long)]
+    api_key: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -226,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Slow(args) => fanout(&args.fanout, args.slow_percent).await?,
         Scenario::Idle(args) => idle(&args).await?,
         Scenario::Connect(args) => connect_rate(&args).await?,
+        Scenario::Presence(args) => presence(&args).await?,
         Scenario::Soak(args) => soak(&args).await?,
     };
     println!("{result}");
@@ -675,6 +696,71 @@ async fn idle(args: &IdleArgs) -> anyhow::Result<serde_json::Value> {
     });
     drop(connections);
     Ok(result)
+}
+
+/// Times `GET /presence?tags={"room":N}&by=user` with every connection open: each answer
+/// counts one room and lists its users.
+async fn presence(args: &PresenceArgs) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let c = &args.common;
+    let rooms = args.rooms.max(1);
+    let urls = (0..args.connections)
+        .map(|i| url_with_tags(&c.url, &json!({ "room": i % rooms, "user": i })))
+        .collect();
+    let connections = open_all(urls, c.concurrency).await?;
+    let host = c
+        .url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut http = BufReader::new(TcpStream::connect(&host).await?);
+    let mut latencies = Vec::with_capacity(args.requests);
+    let expected = (args.connections / rooms) as u64;
+    for r in 0..args.requests {
+        let room = r % rooms;
+        let request = format!(
+            "GET /presence?tags=%7B%22room%22%3A{room}%7D&by=user HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\r\n",
+            args.api_key
+        );
+        let started = Instant::now();
+        http.get_mut().write_all(request.as_bytes()).await?;
+        let mut length = 0;
+        let mut status = String::new();
+        http.read_line(&mut status).await?;
+        loop {
+            let mut line = String::new();
+            http.read_line(&mut line).await?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        http.read_exact(&mut body).await?;
+        latencies.push(started.elapsed());
+        let answer: serde_json::Value = serde_json::from_slice(&body)?;
+        if !status.contains(" 200 ") || answer["connections"] != json!(expected) {
+            bail!("room {room}: expected {expected} connections, got {status} {answer}");
+        }
+    }
+    latencies.sort();
+    let ms = |d: Duration| round(d.as_secs_f64() * 1000.0);
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    drop(connections);
+    Ok(json!({
+        "scenario": "presence",
+        "server": c.server,
+        "connections": args.connections,
+        "matching": expected,
+        "requests": args.requests,
+        "p50_ms": ms(at(0.5)),
+        "p99_ms": ms(at(0.99)),
+        "max_ms": ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+    }))
 }
 
 async fn connect_rate(args: &ConnectArgs) -> anyhow::Result<serde_json::Value> {
