@@ -1,8 +1,10 @@
 //! One connection: a single task that reads requests, writes what is queued for it, and
 //! closes it with the right code.
 //!
-//! Each request is routed completely before the next frame is read (per-sender order). What the
-//! router queues in the connection's [`Outbox`](crate::outbox::Outbox) is written as one batch
+//! Requests are submitted to the router in the order they are read, and each takes its place
+//! on the bus before the next frame is read (per-sender order); in a cluster, up to
+//! [`MAX_IN_FLIGHT`] of them wait for the bus at once, and their answers (acks, errors) go
+//! back in the order of the requests. What the router queues in the connection's [`Outbox`](crate::outbox::Outbox) is written as one batch
 //! and flushed once. Anyone can decide a close through the connection's
 //! [`Closer`](crate::close::Closer); the task then writes what was queued (unless the queue
 //! overflowed), sends the close frame, reads until the peer answers, and drops the TCP
@@ -15,17 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tagcast::{ServerFrame, Tags};
+use tagcast::{RequestId, ServerFrame, Tags};
 use tokio::time::timeout_at;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::Handshake;
 use crate::close::{self, Closer, POLICY_VIOLATION, SLOW_CONSUMER};
+use crate::cluster::{Taken, Unavailable};
 use crate::outbox::{Outbox, Push};
 use crate::refusal::{Reason, Refusal};
 use crate::registry::Registered;
-use crate::router::{Greeting, RateLimiter, Router};
+use crate::router::{Flight, Greeting, RateLimiter, Router, Step};
 
 /// One open connection: what the router and the registry hold of it (the handle); its task is
 /// [`run`].
@@ -135,6 +138,19 @@ enum Event<T> {
     Write,
     /// The peer sent something (or the socket ended).
     Read(Option<T>),
+    /// The bus answered the oldest request in flight.
+    Landed(Result<Taken, Unavailable>),
+}
+
+/// Most requests of one connection waiting for the bus (a cluster) before it stops reading.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// An answer owed to the sender, in the order of its requests.
+enum Owed {
+    /// Known already (a refusal, a command, a request the bus answered at once).
+    Ready(Option<RequestId>, Result<Option<u64>, Refusal>),
+    /// Waiting for the bus.
+    Flying(Option<RequestId>, Flight),
 }
 
 /// Runs a registered connection until it ends. Generic over the socket so the rules can be
@@ -176,19 +192,41 @@ pub async fn run<S, E>(
         }
     }
     conn.outbox.release();
+    // Requests waiting for the bus and the answers queued behind them, oldest first.
+    let mut owed: VecDeque<Owed> = VecDeque::new();
+    // Set by a refusal in raw mode: the close it decides comes once the answers before it
+    // are given, and nothing after it is read.
+    let mut refused = false;
     loop {
+        let flying = matches!(owed.front(), Some(Owed::Flying(..)));
         let event = tokio::select! {
             biased;
             _ = &mut closed => Event::Closing,
             () = &mut keepalive, if keepalive_step.is_some() => Event::Keepalive,
+            landed = std::future::poll_fn(|cx| match owed.front_mut() {
+                Some(Owed::Flying(_, flight)) => flight.poll_bus(cx),
+                _ => std::task::Poll::Pending,
+            }), if flying => Event::Landed(landed),
             () = std::future::poll_fn(|cx| conn.outbox.poll_take(cx, &mut batch)) => Event::Write,
-            next = socket.next() => Event::Read(next),
+            next = socket.next(), if owed.len() < MAX_IN_FLIGHT && !refused => Event::Read(next),
         };
         if matches!(event, Event::Read(Some(Ok(_)))) {
             last_heard = tokio::time::Instant::now();
         }
         match event {
             Event::Closing => break,
+            Event::Landed(landed) => {
+                if let Some(Owed::Flying(id, flight)) = owed.pop_front() {
+                    let result = router.land(flight, landed).map(Some);
+                    answer(conn, &router, id, result);
+                }
+                // The answers queued behind it are due now, up to the next request in flight.
+                while let Some(Owed::Ready(..)) = owed.front() {
+                    if let Some(Owed::Ready(id, result)) = owed.pop_front() {
+                        answer(conn, &router, id, result);
+                    }
+                }
+            }
             Event::Keepalive => {
                 let silent = last_heard.elapsed();
                 if settings.idle_timeout.is_some_and(|limit| silent >= limit) {
@@ -246,9 +284,18 @@ pub async fn run<S, E>(
             Event::Read(Some(Ok(message))) => match message {
                 Message::Text(text) => {
                     router.metrics.bytes_in.inc_by(text.len() as u64);
-                    // Boxed: routing holds large state (parsing, the cluster publish) only while
-                    // it runs, instead of reserving it in every idle connection's future.
-                    Box::pin(handle_text(&text, conn, &router, limiter.as_mut())).await;
+                    let owe = match router.submit_text(&text, conn, limiter.as_mut()) {
+                        Step::Done(id, result) if owed.is_empty() => {
+                            answer(conn, &router, id, result);
+                            None
+                        }
+                        Step::Done(id, result) => Some(Owed::Ready(id, result)),
+                        Step::Flying(id, flight) => Some(Owed::Flying(id, flight)),
+                    };
+                    if let Some(owe) = owe {
+                        refused |= !conn.envelope && matches!(owe, Owed::Ready(_, Err(_)));
+                        owed.push_back(owe);
+                    }
                 }
                 Message::Binary(data) => {
                     router.metrics.bytes_in.inc_by(data.len() as u64);
@@ -318,13 +365,13 @@ where
     }
 }
 
-async fn handle_text(
-    text: &str,
-    conn: &Arc<Connection>,
+/// Answers a request: an ack (envelope mode, with an id), an error, or a close in raw mode.
+fn answer(
+    conn: &Connection,
     router: &Router,
-    limiter: Option<&mut RateLimiter>,
+    id: Option<RequestId>,
+    result: Result<Option<u64>, Refusal>,
 ) {
-    let (id, result) = router.route_text(text, conn, limiter).await;
     match result {
         Ok(None) => {} // a command that answered itself
         Ok(Some(delivered)) => {

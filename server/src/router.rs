@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::{ApplicationsAuthManager, AuthManager, Handshake};
 use crate::close::{SERVICE_RESTART, SERVICE_RESTART_REASON};
-use crate::cluster::{Bus, Taken};
+use crate::cluster::{BoxFuture, Bus, Submitted, Taken, Unavailable};
 use crate::connection::{Connection, Offered};
 use crate::history::{History, Limits, Sequencer};
 use crate::metrics::{Metrics, Transport};
@@ -367,23 +367,43 @@ pub type Routed = (Option<RequestId>, Result<u64, Refusal>);
 
 impl Router {
     /// Handles one text frame from a connection, over `limiter`'s rate if it has one: a
-    /// request, or in envelope mode a command (a frame with a `type`, PROTOCOL.md §13). Routing
-    /// is complete when this returns, so the next frame of the same sender is routed after this
-    /// one everywhere. Returns the id (envelope mode only) and how many connections of this node
-    /// the request reached, `None` for a command that answered itself, or the refusal.
+    /// request, or in envelope mode a command (a frame with a `type`, PROTOCOL.md §13). Returns
+    /// the id (envelope mode only) and how many connections of this node the request reached,
+    /// `None` for a command that answered itself, or the refusal. Routing is complete when this
+    /// returns; see [`submit_text`](Router::submit_text) for a sender that keeps several
+    /// requests on the bus.
     pub async fn route_text(
         &self,
         text: &str,
         conn: &Arc<Connection>,
         limiter: Option<&mut RateLimiter>,
     ) -> (Option<RequestId>, Result<Option<u64>, Refusal>) {
+        match self.submit_text(text, conn, limiter) {
+            Step::Done(id, result) => (id, result),
+            Step::Flying(id, mut flight) => {
+                let landed = std::future::poll_fn(|cx| flight.poll_bus(cx)).await;
+                (id, self.land(flight, landed).map(Some))
+            }
+        }
+    }
+
+    /// Handles one text frame like [`route_text`](Router::route_text), without waiting for the
+    /// bus: a request the bus takes later (a cluster) comes back as [`Step::Flying`], already
+    /// in its place in the cluster's order, so the sender may read its next frame; it is
+    /// finished by [`land`](Router::land), in the order the requests were submitted.
+    pub fn submit_text(
+        &self,
+        text: &str,
+        conn: &Arc<Connection>,
+        limiter: Option<&mut RateLimiter>,
+    ) -> Step {
         let started = Instant::now();
         let envelope = conn.envelope;
         self.metrics.received(Transport::WebSocket);
         if let Err(refusal) = self.check_rate(limiter) {
             // The request is dropped unread; its id (if any) still goes back with the error.
             let id = envelope.then(|| parse_request(text, &self.options(true)).0);
-            return (id.flatten(), Err(refusal));
+            return Step::Done(id.flatten(), Err(refusal));
         }
         // Commands are rare: only a frame that mentions "type" is looked at as one.
         if envelope && text.contains("\"type\"") {
@@ -391,21 +411,20 @@ impl Router {
                 if frame.contains_key("type") {
                     let id = frame.get("id").and_then(RequestId::from_value);
                     return match self.command(frame, conn) {
-                        Ok(()) => (id, Ok(None)),
+                        Ok(()) => Step::Done(id, Ok(None)),
                         Err(refusal) => {
                             self.metrics.rejected(refusal.reason);
-                            (id, Err(refusal))
+                            Step::Done(id, Err(refusal))
                         }
                     };
                 }
                 let (id, parsed) = parse_value(Value::Object(frame), &self.options(true));
-                let result = self.finish(parsed, &conn.handshake(), false, started).await;
-                return (id, result.map(Some));
+                return self.launch(id, parsed, &conn.handshake(), false, started);
             }
         }
         let (id, parsed) = parse_request(text, &self.options(envelope));
-        let result = self.finish(parsed, &conn.handshake(), false, started).await;
-        (if envelope { id } else { None }, result.map(Some))
+        let id = if envelope { id } else { None };
+        self.launch(id, parsed, &conn.handshake(), false, started)
     }
 
     /// A command frame (PROTOCOL.md §13); today `retag`.
@@ -495,7 +514,13 @@ impl Router {
         let started = Instant::now();
         self.metrics.received(Transport::Http);
         let (id, parsed) = parse_value(value, &self.options(true));
-        (id, self.finish(parsed, handshake, trusted, started).await)
+        match self.launch(id, parsed, handshake, trusted, started) {
+            Step::Done(id, result) => (id, result.map(|d| d.unwrap_or(0))),
+            Step::Flying(id, mut flight) => {
+                let landed = std::future::poll_fn(|cx| flight.poll_bus(cx)).await;
+                (id, self.land(flight, landed))
+            }
+        }
     }
 
     fn options(&self, allow_id: bool) -> ParseOptions {
@@ -505,26 +530,81 @@ impl Router {
         }
     }
 
-    async fn finish(
+    /// Authorizes a parsed request (unless `trusted`), parses its message and puts it on the
+    /// bus; delivers it here when the bus answers at once.
+    fn launch(
         &self,
+        id: Option<RequestId>,
         parsed: Result<WebSocketRequest, Error>,
         handshake: &Handshake,
         trusted: bool,
         started: Instant,
-    ) -> Result<u64, Refusal> {
-        let result = match parsed {
-            Ok(request) if trusted => self.deliver(request).await,
-            Ok(request) => self.route(request, handshake).await,
-            Err(e) => Err(bad_request(&e)),
+    ) -> Step {
+        let request = match parsed {
+            Err(e) => return self.refused(id, bad_request(&e)),
+            Ok(request) => request,
         };
-        match &result {
-            Ok(_) => self
-                .metrics
-                .routing_latency
-                .observe(started.elapsed().as_secs_f64()),
-            Err(refusal) => self.metrics.rejected(refusal.reason),
+        if !trusted {
+            if let Err(denied) = self.auth.authorize_send(handshake, &request) {
+                return self.refused(id, Refusal::new(Reason::Unauthorized, denied.0));
+            }
         }
-        result
+        let (message, tags, _metadata) = request.into_parts();
+        let message = match self.parser.parse(message) {
+            Ok(m) => m,
+            Err(e) => return self.refused(id, bad_request(&e)),
+        };
+        let payload = encode(&message);
+        let tags_json = tags.to_json();
+        // On the bus before the local delivery: a request the cluster cannot carry is refused
+        // whole, never half delivered. In a cluster with history the bus delivers it here too,
+        // in the cluster's order.
+        let mut flight = Flight {
+            tags,
+            bus: None,
+            tags_json,
+            payload,
+            started,
+        };
+        match self.bus.submit(&flight.tags_json, &flight.payload) {
+            Submitted::Now(landed) => {
+                let result = self.land(flight, landed);
+                Step::Done(id, result.map(Some))
+            }
+            Submitted::Later(bus) => {
+                flight.bus = Some(bus);
+                Step::Flying(id, flight)
+            }
+        }
+    }
+
+    fn refused(&self, id: Option<RequestId>, refusal: Refusal) -> Step {
+        self.metrics.rejected(refusal.reason);
+        Step::Done(id, Err(refusal))
+    }
+
+    /// Finishes a request once the bus has answered: delivers it to this node's connections
+    /// (unless the bus did, in the cluster's order) and counts it; or refuses it as
+    /// `unavailable`.
+    pub fn land(&self, flight: Flight, landed: Result<Taken, Unavailable>) -> Result<u64, Refusal> {
+        let delivery = match landed {
+            Err(e) => {
+                tracing::debug!(reason = %e.0, "refusing a request: {e}");
+                let refusal = Refusal::new(Reason::Unavailable, e.to_string());
+                self.metrics.rejected(refusal.reason);
+                return Err(refusal);
+            }
+            Ok(Taken::Delivered(delivery)) => delivery,
+            Ok(Taken::Deliver) => {
+                self.fanout
+                    .deliver(&flight.tags, &flight.tags_json, flight.payload)
+            }
+        };
+        tracing::debug!(delivered = delivery.delivered, tags = %flight.tags_json, "routed");
+        self.metrics
+            .routing_latency
+            .observe(flight.started.elapsed().as_secs_f64());
+        Ok(delivery.delivered)
     }
 
     /// Authorizes, parses the message, puts it on the bus and delivers it to this node's
@@ -534,31 +614,52 @@ impl Router {
         request: WebSocketRequest,
         handshake: &Handshake,
     ) -> Result<u64, Refusal> {
-        if let Err(denied) = self.auth.authorize_send(handshake, &request) {
-            return Err(Refusal::new(Reason::Unauthorized, denied.0));
-        }
-        self.deliver(request).await
-    }
-
-    /// Parses the message of an authorized request, puts it on the bus and delivers it.
-    async fn deliver(&self, request: WebSocketRequest) -> Result<u64, Refusal> {
-        let (message, tags, _metadata) = request.into_parts();
-        let message = self.parser.parse(message).map_err(|e| bad_request(&e))?;
-        let payload = encode(&message);
-        let tags_json = tags.to_json();
-        // On the bus before the local delivery: a request the cluster cannot carry is refused
-        // whole, never half delivered. In a cluster with history the bus delivers it here too,
-        // in the cluster's order.
-        let delivery = match self.bus.publish(&tags_json, &payload).await {
-            Err(e) => {
-                tracing::debug!(reason = %e.0, "refusing a request: {e}");
-                return Err(Refusal::new(Reason::Unavailable, e.to_string()));
+        match self.launch(None, Ok(request), handshake, false, Instant::now()) {
+            Step::Done(_, result) => result.map(|d| d.unwrap_or(0)),
+            Step::Flying(_, mut flight) => {
+                let landed = std::future::poll_fn(|cx| flight.poll_bus(cx)).await;
+                self.land(flight, landed)
             }
-            Ok(Taken::Delivered(delivery)) => delivery,
-            Ok(Taken::Deliver) => self.fanout.deliver(&tags, &tags_json, payload),
-        };
-        tracing::debug!(delivered = delivery.delivered, tags = %tags_json, "routed");
-        Ok(delivery.delivered)
+        }
+    }
+}
+
+/// What became of one frame handed to [`Router::submit_text`].
+pub enum Step {
+    /// Finished: the id (envelope mode) and how many connections of this node the request
+    /// reached, `None` for a command that answered itself, or the refusal.
+    Done(Option<RequestId>, Result<Option<u64>, Refusal>),
+    /// On the bus: finish it with [`Router::land`] once [`Flight::poll_bus`] is ready.
+    Flying(Option<RequestId>, Flight),
+}
+
+/// A request the bus has taken and has not answered yet.
+pub struct Flight {
+    tags: Tags,
+    tags_json: String,
+    payload: String,
+    started: Instant,
+    bus: Option<BoxFuture<'static, Result<Taken, Unavailable>>>,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight")
+            .field("tags", &self.tags_json)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Flight {
+    /// Polls the bus's answer.
+    pub fn poll_bus(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Taken, Unavailable>> {
+        match &mut self.bus {
+            Some(bus) => bus.as_mut().poll(cx),
+            None => std::task::Poll::Ready(Err(Unavailable("no bus answer to wait for".into()))),
+        }
     }
 }
 

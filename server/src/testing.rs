@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::api::Question;
 use crate::auth::AuthManager;
 use crate::close::Closer;
-use crate::cluster::{Asked, BoxFuture, Bus, BusError, Taken, Unavailable};
+use crate::cluster::{Asked, BoxFuture, Bus, BusError, Submitted, Taken, Unavailable};
 use crate::connection::Connection;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -34,19 +34,14 @@ impl Bus for FakeBus {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish<'a>(
-        &'a self,
-        tags_json: &'a str,
-        payload_json: &'a str,
-    ) -> BoxFuture<'a, Result<Taken, Unavailable>> {
-        let result = if self.is_up() {
+    fn submit(&self, tags_json: &str, payload_json: &str) -> Submitted {
+        Submitted::Now(if self.is_up() {
             let mut published = self.published.lock().unwrap();
             published.push((tags_json.to_owned(), payload_json.to_owned()));
             Ok(Taken::Deliver)
         } else {
             Err(Unavailable("the fake bus is down".into()))
-        };
-        Box::pin(async move { result })
+        })
     }
 
     fn ask<'a>(&'a self, _: &'a Question) -> BoxFuture<'a, Asked> {

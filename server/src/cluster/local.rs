@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Asked, BoxFuture, Bus, BusError, Taken, Unavailable};
+use super::{Asked, BoxFuture, Bus, BusError, Submitted, Taken};
 use crate::api::Question;
 use crate::router::Fanout;
 
@@ -15,8 +15,8 @@ impl Bus for LocalBus {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<Taken, Unavailable>> {
-        Box::pin(async { Ok(Taken::Deliver) })
+    fn submit(&self, _: &str, _: &str) -> Submitted {
+        Submitted::Now(Ok(Taken::Deliver))
     }
 
     fn ask<'a>(&'a self, _: &'a Question) -> BoxFuture<'a, Asked> {

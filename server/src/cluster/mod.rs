@@ -21,6 +21,23 @@ use crate::router::Fanout;
 /// A boxed future, as the [`Bus`] trait object returns them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The bus's answer to a submitted request: at once (a lone node, a bus that is down), or later.
+pub enum Submitted {
+    /// Answered already.
+    Now(Result<Taken, Unavailable>),
+    /// Answered when this completes.
+    Later(BoxFuture<'static, Result<Taken, Unavailable>>),
+}
+
+impl std::fmt::Debug for Submitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Submitted::Now(r) => f.debug_tuple("Now").field(r).finish(),
+            Submitted::Later(_) => f.write_str("Later(..)"),
+        }
+    }
+}
+
 /// What became of a request the bus took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Taken {
@@ -67,15 +84,12 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// returns `Ok`, the bus is up: the node may say `listening on`.
     fn start(self: Arc<Self>, fanout: Arc<Fanout>) -> BoxFuture<'static, Result<(), BusError>>;
 
-    /// Puts one accepted request (its tags and payload as JSON) on the bus for the other nodes;
-    /// completes once the bus has taken it, so a sender's requests keep their order. Says
-    /// whether the caller delivers it to this node's connections now, or the bus did, in the
-    /// cluster's order (a cluster with history).
-    fn publish<'a>(
-        &'a self,
-        tags_json: &'a str,
-        payload_json: &'a str,
-    ) -> BoxFuture<'a, Result<Taken, Unavailable>>;
+    /// Puts one accepted request (its tags and payload as JSON) on the bus for the other nodes.
+    /// Requests take their place in the bus's order when this returns, so a sender may submit
+    /// its next request before the bus has answered the previous ones (they stay in its
+    /// order). The answer says whether the caller delivers it to this node's connections now,
+    /// or the bus did, in the cluster's order (a cluster with history).
+    fn submit(&self, tags_json: &str, payload_json: &str) -> Submitted;
 
     /// Whether requests can go on the bus now (`/healthz`, `tagcast_bus_up`).
     fn is_up(&self) -> bool;

@@ -33,9 +33,9 @@ use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use tagcast::Tags;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{Asked, BoxFuture, Bus, BusError, Taken, Unavailable, ASK_TIMEOUT};
+use super::{Asked, BoxFuture, Bus, BusError, Submitted, Taken, Unavailable, ASK_TIMEOUT};
 use crate::api::Question;
 use crate::history::split_position;
 use crate::registry::Delivery;
@@ -200,7 +200,11 @@ pub struct RedisBus {
     /// Ids for this node's requests (a cluster with history).
     next_request: AtomicU64,
     /// Senders waiting for their request to come back from the channel, by request id.
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Delivery>>>,
+    waiting: WaitingMap,
+    /// Requests on their way to the sending task ([`RedisBus::send_loop`]), and its end of it
+    /// until it starts.
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    outgoing_rx: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
     /// Where server API questions go (`<channel>:api`), and where this node's answers come
     /// back (`<channel>:answers:<node>`).
     questions: String,
@@ -259,7 +263,10 @@ impl RedisBus {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or_default()
             ^ (u64::from(std::process::id()) << 32);
+        let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         Ok(RedisBus {
+            outgoing,
+            outgoing_rx: Mutex::new(Some(outgoing_rx)),
             client,
             shown_url,
             channel: channel.to_owned(),
@@ -269,7 +276,7 @@ impl RedisBus {
             publisher: Mutex::new(None),
             fanout: OnceLock::new(),
             next_request: AtomicU64::new(1),
-            waiting: Mutex::default(),
+            waiting: WaitingMap::default(),
             questions: format!("{channel}:api"),
             answers: format!("{channel}:answers:{node:x}"),
             next_question: AtomicU64::new(1),
@@ -605,78 +612,130 @@ impl RedisBus {
         publisher.ok_or_else(|| Unavailable("the Redis bus is down".into()))
     }
 
-    async fn publish_now(&self, tags_json: &str, payload_json: &str) -> Result<Taken, Unavailable> {
-        let mut publisher = self.publisher()?;
-        if self.sequenced() {
-            return self.append(publisher, tags_json, payload_json).await;
+    /// Hands a request to the sending task (in the caller's order) and says how it will be
+    /// answered: once Redis took it (without history), or once it came back from the channel
+    /// and was delivered here (with history).
+    fn submit_now(&self, tags_json: &str, payload_json: &str) -> Submitted {
+        if !self.is_up() {
+            return Submitted::Now(Err(Unavailable("the Redis bus is down".into())));
         }
-        let bytes = encode(self.node, tags_json, payload_json);
-        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(&self.channel)
-            .arg(bytes)
-            .query_async(&mut publisher.connection)
-            .await;
-        published.map(|_| Taken::Deliver).map_err(|e| {
-            tracing::debug!("PUBLISH failed: {e}");
-            Unavailable("publishing to Redis failed".into())
-        })
+        let sequenced = self.sequenced();
+        let (sent, taken) = oneshot::channel();
+        let (bytes, waiting) = if sequenced {
+            let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+            let (sender, returned) = oneshot::channel();
+            let waiting = Waiting::new(self.waiting.clone(), request, sender);
+            let bytes = encode_sequenced(self.node, request, tags_json, payload_json);
+            (bytes, Some((waiting, returned)))
+        } else {
+            (encode(self.node, tags_json, payload_json), None)
+        };
+        let outgoing = Outgoing {
+            bytes,
+            sequenced,
+            sent,
+        };
+        if self.outgoing.send(outgoing).is_err() {
+            return Submitted::Now(Err(Unavailable("the Redis bus is down".into())));
+        }
+        Submitted::Later(Box::pin(async move {
+            match taken.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(Unavailable("the Redis bus is down".into())),
+            }
+            let Some((waiting, returned)) = waiting else {
+                return Ok(Taken::Deliver);
+            };
+            // Delivered here when it comes back from the channel, in the cluster's order.
+            let delivery = tokio::time::timeout(RETURN_TIMEOUT, returned).await;
+            drop(waiting);
+            Ok(Taken::Delivered(
+                delivery.ok().and_then(Result::ok).unwrap_or_default(),
+            ))
+        }))
     }
 
-    /// Appends a request to the cluster's history (which publishes it) and waits for it to
-    /// come back from the channel, where it is delivered to this node's connections in order.
-    async fn append(
-        &self,
-        mut publisher: Publisher,
-        tags_json: &str,
-        payload_json: &str,
-    ) -> Result<Taken, Unavailable> {
-        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (sender, returned) = oneshot::channel();
-        let waiting = Waiting::new(&self.waiting, request, sender);
-        let kept = self
-            .fanout
-            .get()
-            .and_then(|f| f.history())
-            .map_or(0, |h| h.limits().requests);
-        let appended: redis::RedisResult<u64> = redis::cmd("EVALSHA")
-            .arg(&publisher.append)
-            .arg(3)
-            .arg(&self.keys)
-            .arg(&self.channel)
-            .arg(crate::history::new_epoch())
-            .arg(kept)
-            .arg(encode_sequenced(
-                self.node,
-                request,
-                tags_json,
-                payload_json,
-            ))
-            .query_async(&mut publisher.connection)
-            .await;
-        if let Err(e) = appended {
-            tracing::debug!("appending to the cluster's history failed: {e}");
-            return Err(Unavailable("publishing to Redis failed".into()));
+    /// Sends what connections submit, in their order: everything waiting goes to Redis as one
+    /// pipeline on the publishing connection (so a sender with many requests in flight pays
+    /// one round trip per batch, not per request), and each submitter hears whether Redis
+    /// took it.
+    async fn send_loop(self: Arc<Self>, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
+        let mut batch = Vec::new();
+        while let Some(first) = outgoing.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match outgoing.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let result = match self.publisher() {
+                Err(e) => Err(e),
+                Ok(mut publisher) => {
+                    let kept = self
+                        .fanout
+                        .get()
+                        .and_then(|f| f.history())
+                        .map_or(0, |h| h.limits().requests);
+                    let epoch = crate::history::new_epoch();
+                    let mut pipe = redis::pipe();
+                    for request in &batch {
+                        if request.sequenced {
+                            pipe.cmd("EVALSHA")
+                                .arg(&publisher.append)
+                                .arg(3)
+                                .arg(&self.keys)
+                                .arg(&self.channel)
+                                .arg(&epoch)
+                                .arg(kept)
+                                .arg(&request.bytes)
+                                .ignore();
+                        } else {
+                            pipe.cmd("PUBLISH")
+                                .arg(&self.channel)
+                                .arg(&request.bytes)
+                                .ignore();
+                        }
+                    }
+                    pipe.query_async::<()>(&mut publisher.connection)
+                        .await
+                        .map_err(|e| {
+                            tracing::debug!("publishing to Redis failed: {e}");
+                            Unavailable("publishing to Redis failed".into())
+                        })
+                }
+            };
+            for request in batch.drain(..) {
+                let _ = request.sent.send(result.clone());
+            }
         }
-        let delivery = tokio::time::timeout(RETURN_TIMEOUT, returned).await;
-        drop(waiting);
-        Ok(Taken::Delivered(
-            delivery.ok().and_then(Result::ok).unwrap_or_default(),
-        ))
     }
 }
 
+/// Most requests in one pipeline to Redis.
+const MAX_BATCH: usize = 256;
+
+/// A request on its way to the sending task.
+struct Outgoing {
+    bytes: Vec<u8>,
+    /// Appended to the cluster's history (with history), or only published.
+    sequenced: bool,
+    /// Whether Redis took it.
+    sent: oneshot::Sender<Result<(), Unavailable>>,
+}
+
+/// The senders waiting for their requests to come back, by request id.
+type WaitingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<Delivery>>>>;
+
 /// A sender waiting for its request to come back; it stops waiting when dropped.
-struct Waiting<'a> {
-    map: &'a Mutex<HashMap<u64, oneshot::Sender<Delivery>>>,
+struct Waiting {
+    map: WaitingMap,
     request: u64,
 }
 
-impl<'a> Waiting<'a> {
-    fn new(
-        map: &'a Mutex<HashMap<u64, oneshot::Sender<Delivery>>>,
-        request: u64,
-        sender: oneshot::Sender<Delivery>,
-    ) -> Self {
+impl Waiting {
+    fn new(map: WaitingMap, request: u64, sender: oneshot::Sender<Delivery>) -> Self {
         map.lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(request, sender);
@@ -684,7 +743,7 @@ impl<'a> Waiting<'a> {
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiting {
     fn drop(&mut self) {
         self.map
             .lock()
@@ -737,6 +796,14 @@ impl Bus for RedisBus {
     fn start(self: Arc<Self>, fanout: Arc<Fanout>) -> BoxFuture<'static, Result<(), BusError>> {
         Box::pin(async move {
             let _ = self.fanout.set(fanout.clone());
+            let outgoing = self
+                .outgoing_rx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(outgoing) = outgoing {
+                tokio::spawn(self.clone().send_loop(outgoing));
+            }
             // Up before this returns, so before the node says `listening on`: a request in
             // the first moments is never refused as `cluster unavailable`.
             let messages = self
@@ -751,12 +818,8 @@ impl Bus for RedisBus {
         })
     }
 
-    fn publish<'a>(
-        &'a self,
-        tags_json: &'a str,
-        payload_json: &'a str,
-    ) -> BoxFuture<'a, Result<Taken, Unavailable>> {
-        Box::pin(self.publish_now(tags_json, payload_json))
+    fn submit(&self, tags_json: &str, payload_json: &str) -> Submitted {
+        self.submit_now(tags_json, payload_json)
     }
 
     fn is_up(&self) -> bool {

@@ -96,6 +96,40 @@ async fn one_senders_order_holds_across_nodes() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_with_many_requests_in_flight_gets_its_acks_in_order() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "flight").await, node(&redis, "flight").await);
+    let mut far = envelope(&b.url_with_tags(r#"{"g":1}"#)).await;
+    let mut near = envelope(&a.url_with_tags(r#"{"g":1}"#)).await;
+    let mut sender = envelope(&a.url).await;
+    b.wait_connections(1).await;
+    a.wait_connections(2).await;
+    // Everything at once: the node keeps many of them on the bus together.
+    for i in 0..500 {
+        let text = json!({"id": i, "message": i.to_string(), "tags": {"g": 1}});
+        send_text(&mut sender, &text.to_string()).await;
+    }
+    send_text(&mut sender, r#"{"id":"bad","message":"x","tags":"nope"}"#).await;
+    for i in 0..500 {
+        assert_eq!(
+            recv_json(&mut sender).await,
+            json!({"type":"ack","id":i,"delivered":1})
+        );
+    }
+    // A refusal decided at once still comes after the acks of the requests before it.
+    let error = recv_json(&mut sender).await;
+    assert_eq!(
+        (error["type"].as_str(), error["id"].as_str()),
+        (Some("error"), Some("bad"))
+    );
+    for ws in [&mut far, &mut near] {
+        for i in 0..500 {
+            assert_eq!(recv_message(ws).await.0["message"], i.to_string());
+        }
+    }
+}
+
 /// Polls `/healthz` until it answers `status`.
 async fn wait_health(server: &TestServer, status: u16, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
