@@ -12,7 +12,9 @@ JSON lines; a summary of the targets is printed at the end.
 """
 
 import argparse
+import contextlib
 import json
+import tempfile
 import os
 import re
 import resource
@@ -84,6 +86,29 @@ def run(kind, scenario, *args, serve=()):
         return bench(server, scenario, *args)
 
 
+def run_cluster(nodes, scenario, *args, serve=()):
+    """`nodes` tagcast nodes on one redis-server (Unix socket, no persistence): subscribers on
+    the last node, publishers on the first (--publish-url), so every delivery crosses Redis."""
+    sock = os.path.join(tempfile.mkdtemp(prefix="tagcast-bench-"), "redis.sock")
+    redis = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while not os.path.exists(sock):
+            if time.time() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        extra = ["--redis", f"redis+unix://{sock}", *serve]
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(Server("tagcast", extra)) for _ in range(nodes)]
+            result = bench(servers[-1], scenario, "--publish-url", f"ws://127.0.0.1:{servers[0].port}", *args)
+            result["cluster_nodes"] = nodes
+            return result
+    finally:
+        redis.terminate()
+        redis.wait()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results.jsonl"))
@@ -139,6 +164,12 @@ def main():
     r[("presence", "tagcast")] = run("tagcast", "presence", "--connections", 19000 // q,
                                      "--rooms", 190 // q, "--requests", 1000, "--api-key", "bench-key",
                                      serve=["--api-key", "bench-key"])
+    # Cluster (issue 6/7): a publisher on node A, 1,000 subscribers on node B, 16 in flight,
+    # history on; against a lone node under the same load, back to back.
+    r[("lone16", "tagcast")] = run("tagcast", "fanout", "--subscribers", 1000, "--groups", 1,
+                                   "--in-flight", 16, "--messages", 3000 // q)
+    r[("cluster16", "tagcast")] = run_cluster(2, "fanout", "--subscribers", 1000, "--groups", 1,
+                                              "--in-flight", 16, "--messages", 3000 // q)
     # 6. Slow consumers: 1% of 1,000 subscribers never read (with 4 KiB receive buffers), with
     # enough data (8 MB each) to overflow their queues; the same run without them to compare.
     r[("slow", "tagcast")] = run("tagcast", "slow", "--subscribers", 1000, "--groups", 1, "--in-flight", 16,
@@ -186,6 +217,9 @@ def main():
     check("8 handshakes/s during a burst fan-out >= 0.5x of without", ratio >= 0.5,
           f"{ratio:.2f}x ({r[('connect-burst', t)]['connects_per_sec']:.0f} vs {r[('connect', t)]['connects_per_sec']:.0f}/s, "
           f"{r[('connect-burst', t)]['burst_deliveries_per_sec']:.0f} deliveries/s beside them)")
+    ratio = r[("cluster16", t)]["deliveries_per_sec"] / r[("lone16", t)]["deliveries_per_sec"]
+    check("11 cluster with history (A publishes, B delivers) >= 0.9x lone", ratio >= 0.9,
+          f"{ratio:.2f}x ({r[('cluster16', t)]['deliveries_per_sec']:.0f} vs {r[('lone16', t)]['deliveries_per_sec']:.0f}/s)")
     pr = r[("presence", t)]
     check("10 presence of 100 among 19,000 connections < 10 ms", pr["p99_ms"] < 10,
           f"p50 {pr['p50_ms']} ms, p99 {pr['p99_ms']} ms, max {pr['max_ms']} ms over HTTP "
