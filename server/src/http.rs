@@ -164,10 +164,9 @@ async fn publish(
         Ok(b) => b,
         Err(_) => {
             state.metrics.rejected(Reason::TooBig);
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is over --max-message-bytes ({limit} bytes)"),
-            );
+            let text = format!("the body is over --max-message-bytes ({limit} bytes)");
+            log_refused(&state, peer, "/publish", 413, &text);
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, text);
         }
     };
     state.metrics.bytes_in.inc_by(bytes.len() as u64);
@@ -176,10 +175,9 @@ async fn publish(
         Err(e) => {
             state.metrics.received(Transport::Http);
             state.metrics.rejected(Reason::BadRequest);
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not valid JSON: {e}"),
-            );
+            let text = format!("the body is not valid JSON: {e}");
+            log_refused(&state, peer, "/publish", 400, &text);
+            return json_error(StatusCode::BAD_REQUEST, text);
         }
     };
     let trusted = state.config.api_key.as_ref().is_some_and(|key| {
@@ -202,6 +200,10 @@ async fn publish(
             let mut results = Vec::with_capacity(requests.len());
             for request in requests {
                 let (id, result) = state.router.route_value(request, &handshake, trusted).await;
+                if let Err(refusal) = &result {
+                    let status = refusal.reason.http_status();
+                    log_refused(&state, peer, "/publish", status, &refusal.text);
+                }
                 results.push(answer(id, &result));
             }
             Json(json!({ "results": results })).into_response()
@@ -210,10 +212,22 @@ async fn publish(
             let (id, result) = state.router.route_value(single, &handshake, trusted).await;
             let status = match &result {
                 Ok(_) => StatusCode::OK,
-                Err(refusal) => status(refusal.reason.http_status()),
+                Err(refusal) => {
+                    let code = refusal.reason.http_status();
+                    log_refused(&state, peer, "/publish", code, &refusal.text);
+                    status(code)
+                }
             };
             (status, Json(answer(id, &result))).into_response()
         }
+    }
+}
+
+/// Logs a refused HTTP request at INFO, within the refusal log budget (never a secret: the
+/// text is the server's own explanation).
+fn log_refused(state: &AppState, peer: SocketAddr, path: &str, status: u16, text: &str) {
+    if state.router.refusals.allow() {
+        tracing::info!(%peer, path, status, reason = %text, "HTTP request refused");
     }
 }
 
@@ -230,6 +244,7 @@ fn api(state: &AppState) -> api::Api<'_> {
 /// the request into a question with `parse`, and asks it.
 async fn api_ask(
     state: &AppState,
+    peer: SocketAddr,
     name: &'static str,
     headers: &axum::http::HeaderMap,
     parse: impl FnOnce(&api::Api<'_>) -> Result<api::Question, api::Answer>,
@@ -240,13 +255,23 @@ async fn api_ask(
         Ok(question) => api.ask(question).await,
         Err(refused) => refused,
     };
+    log_api_answer(state, peer, name, &answer);
     state.metrics.api_request(name, answer.status);
     (status(answer.status), Json(answer.body)).into_response()
+}
+
+/// Logs a server API request that was refused (an answer with an `error`).
+fn log_api_answer(state: &AppState, peer: SocketAddr, name: &str, answer: &api::Answer) {
+    if answer.status >= 400 {
+        let text = answer.body["error"].as_str().unwrap_or_default();
+        log_refused(state, peer, &format!("/{name}"), answer.status, text);
+    }
 }
 
 /// Answers a server API request: checks the key, then runs `endpoint`.
 fn api_answer(
     state: &AppState,
+    peer: SocketAddr,
     name: &'static str,
     headers: &axum::http::HeaderMap,
     endpoint: impl FnOnce(&api::Api<'_>) -> api::Answer,
@@ -257,26 +282,39 @@ fn api_answer(
         Ok(()) => endpoint(&api),
         Err(refused) => refused,
     };
+    log_api_answer(state, peer, name, &answer);
     state.metrics.api_request(name, answer.status);
     (status(answer.status), Json(answer.body)).into_response()
 }
 
-async fn presence(State(state): State<Arc<AppState>>, request: Request) -> Response {
+async fn presence(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
+    request: Request,
+) -> Response {
     let query = request.uri().query().map(str::to_owned);
-    api_ask(&state, "presence", request.headers(), |api| {
+    api_ask(&state, peer, "presence", request.headers(), |api| {
         api.presence(query.as_deref())
     })
     .await
 }
 
-async fn history(State(state): State<Arc<AppState>>, request: Request) -> Response {
+async fn history(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
+    request: Request,
+) -> Response {
     let query = request.uri().query().map(str::to_owned);
-    api_answer(&state, "history", request.headers(), |api| {
+    api_answer(&state, peer, "history", request.headers(), |api| {
         api.history(query.as_deref())
     })
 }
 
-async fn disconnect(State(state): State<Arc<AppState>>, request: Request) -> Response {
+async fn disconnect(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, state.config.max_message_bytes).await else {
         return json_error(
@@ -284,13 +322,17 @@ async fn disconnect(State(state): State<Arc<AppState>>, request: Request) -> Res
             "the body is over --max-message-bytes",
         );
     };
-    api_ask(&state, "disconnect", &parts.headers, |api| {
+    api_ask(&state, peer, "disconnect", &parts.headers, |api| {
         api.disconnect(&body)
     })
     .await
 }
 
-async fn retag(State(state): State<Arc<AppState>>, request: Request) -> Response {
+async fn retag(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, state.config.max_message_bytes).await else {
         return json_error(
@@ -298,7 +340,10 @@ async fn retag(State(state): State<Arc<AppState>>, request: Request) -> Response
             "the body is over --max-message-bytes",
         );
     };
-    api_ask(&state, "retag", &parts.headers, |api| api.retag(&body)).await
+    api_ask(&state, peer, "retag", &parts.headers, |api| {
+        api.retag(&body)
+    })
+    .await
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {

@@ -159,10 +159,30 @@ async fn dev_cert_serves_tls_that_send_and_listen_trust() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_a_line() {
-    let mut server = serve(&["--log-format", "json"], &[]).await;
+    let mut server = serve(&["--log-format", "json", "--api-key", "k-5ecret"], &[]).await;
     let _ = refused(&format!("{}/?tags=5", server.url())).await;
+    // Refused HTTP requests are logged too: a /publish and a server API call.
+    let answer = http_post(server.addr(), "/publish", "not json").await;
+    assert_eq!(answer.status, 400);
+    let answer = http_get(
+        server.addr(),
+        "/presence",
+        "Authorization: Bearer wrong\r\n",
+    )
+    .await;
+    assert_eq!(answer.status, 401);
     server.terminate();
     let log = server.stderr_after_exit().await;
+    assert!(!log.contains("k-5ecret") && !log.contains("wrong"), "{log}");
+    let http_refusal = |path: &str, status: u16| {
+        log.lines().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|o| {
+                o["message"] == "HTTP request refused" && o["path"] == path && o["status"] == status
+            })
+        })
+    };
+    assert!(http_refusal("/publish", 400), "{log}");
+    assert!(http_refusal("/presence", 401), "{log}");
     let mut refusal_logged = false;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let object: serde_json::Value =
