@@ -29,20 +29,44 @@ pub enum ConfigFileError {
     },
 }
 
+/// Where options came from a config file: the file, and the keys whose values it gave (a
+/// flag or variable set for the same option wins over the file).
+#[derive(Debug, Clone, Default)]
+pub struct FromFile {
+    /// The config file.
+    pub path: PathBuf,
+    /// The keys whose values were taken from it.
+    pub keys: Vec<String>,
+}
+
+impl FromFile {
+    /// The key of the file whose value clap refused, from the argument clap names
+    /// (`--port <PORT>`), unless `args` give that option as a flag.
+    pub fn key_for(&self, invalid_arg: &str, args: &[OsString]) -> Option<&str> {
+        let flag = invalid_arg.split_whitespace().next()?;
+        let key = self.keys.iter().find(|k| flag == format!("--{k}"))?;
+        let given = args.iter().any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        });
+        (!given).then_some(key.as_str())
+    }
+}
+
 /// The commands whose options a config file holds.
 const COMMANDS: [&str; 2] = ["serve", "check-config"];
 
 /// Reads the config file named by `args` (or `TAGCAST_CONFIG`), if the command takes one, and
-/// sets the variables of the options it holds.
-pub fn apply(args: Vec<OsString>) -> Result<(), ConfigFileError> {
+/// sets the variables of the options it holds; says which it set.
+pub fn apply(args: Vec<OsString>) -> Result<Option<FromFile>, ConfigFileError> {
     let Some(command) = args.get(1).and_then(|a| a.to_str()) else {
-        return Ok(());
+        return Ok(None);
     };
     if !COMMANDS.contains(&command) {
-        return Ok(());
+        return Ok(None);
     }
     let Some(path) = config_path(&args[2..]) else {
-        return Ok(());
+        return Ok(None);
     };
     let text = std::fs::read_to_string(&path).map_err(|error| ConfigFileError::Read {
         path: path.clone(),
@@ -54,6 +78,10 @@ pub fn apply(args: Vec<OsString>) -> Result<(), ConfigFileError> {
     };
     let options = parse(&path, &text).map_err(invalid)?;
     let known = known_options();
+    let mut from_file = FromFile {
+        path: path.clone(),
+        keys: Vec::new(),
+    };
     for (key, value) in options {
         let Some((_, env)) = known.iter().find(|(long, _)| *long == key) else {
             let names: Vec<&str> = known.iter().map(|(long, _)| long.as_str()).collect();
@@ -65,9 +93,10 @@ pub fn apply(args: Vec<OsString>) -> Result<(), ConfigFileError> {
         if std::env::var_os(env).is_none() {
             // Before any thread starts: main calls this first.
             std::env::set_var(env, value);
+            from_file.keys.push(key);
         }
     }
-    Ok(())
+    Ok(Some(from_file))
 }
 
 /// `--config FILE` or `--config=FILE` in the arguments, else `TAGCAST_CONFIG`.

@@ -356,10 +356,14 @@ struct ListenArgs {
 fn main() -> ExitCode {
     // Before clap reads anything: a config file's values become TAGCAST_* variables where none
     // is set, so flags win over variables, which win over the file.
-    if let Err(e) = config_file::apply(std::env::args_os().collect()) {
-        eprintln!("error: {e}");
-        return ExitCode::from(CONFIG_ERROR);
-    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let from_file = match config_file::apply(args.clone()) {
+        Ok(from_file) => from_file,
+        Err(e) => {
+            eprintln!("error: {}", one_line_plain(&e.to_string()));
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help, --version and a bare `tagcast` (its help) print as usual.
@@ -372,7 +376,22 @@ fn main() -> ExitCode {
         // A bad flag or variable: clap's whole message (what is missing, tips, possible
         // values, usage) on one line, exit 2.
         Err(e) => {
-            eprintln!("{}", one_line(&e.to_string()));
+            // A refused value that came from the config file names the file and its key, not
+            // a flag the operator never typed.
+            let key = match (&from_file, e.get(clap::error::ContextKind::InvalidArg)) {
+                (Some(file), Some(clap::error::ContextValue::String(arg))) => {
+                    file.key_for(arg, &args).map(|key| (file, key))
+                }
+                _ => None,
+            };
+            match key {
+                Some((file, key)) => {
+                    let message = one_line_plain(&e.to_string());
+                    let message = message.trim_start_matches("error: ");
+                    eprintln!("error: {}: key '{key}': {message}", file.path.display());
+                }
+                None => eprintln!("{}", one_line(&e.to_string(), subcommand(&args))),
+            }
             return ExitCode::from(CONFIG_ERROR);
         }
     };
@@ -405,7 +424,26 @@ fn main() -> ExitCode {
 }
 
 /// Clap's message as one line: its lines joined, blank ones and the `--help` hint left out.
-fn one_line(message: &str) -> String {
+/// The subcommand named in `args`, for the help hint of an error.
+fn subcommand(args: &[std::ffi::OsString]) -> Option<&str> {
+    let name = args.get(1)?.to_str()?;
+    <Cli as clap::CommandFactory>::command()
+        .find_subcommand(name)
+        .is_some()
+        .then_some(name)
+}
+
+/// clap's message on one line, with where to read more.
+fn one_line(message: &str, subcommand: Option<&str>) -> String {
+    let help = match subcommand {
+        Some(name) => format!("tagcast {name} --help"),
+        None => "tagcast --help".to_owned(),
+    };
+    format!("{} (see '{help}')", one_line_plain(message))
+}
+
+/// A message of several lines (clap's, a TOML parser's) on one line.
+fn one_line_plain(message: &str) -> String {
     let parts: Vec<&str> = message
         .lines()
         .map(str::trim)
@@ -418,7 +456,7 @@ fn one_line(message: &str) -> String {
         }
         line.push_str(part);
     }
-    format!("{line} (see 'tagcast --help')")
+    line
 }
 
 fn init_tracing(format: LogFormat) {

@@ -45,6 +45,30 @@ async fn a_config_file_sets_options_and_variables_and_flags_win() {
         stderr.contains("max-connectionz") && stderr.contains(typo),
         "{stderr}"
     );
+    // A bad value names the file and its key (not a flag nobody typed), on one line; the
+    // same value as a flag names the flag.
+    let bad = temp_file("bad-port.toml", "port = \"x\"\n");
+    let bad = bad.to_str().unwrap();
+    let (status, _, stderr) = run(&["serve", "--config", bad], &[]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: {bad}: key 'port': invalid value 'x'")),
+        "{stderr}"
+    );
+    let (status, _, stderr) = run(&["serve", "--config", bad, "--port", "y"], &[]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'y' for '--port <PORT>'")
+            && stderr.contains("(see 'tagcast serve --help')"),
+        "{stderr}"
+    );
+    // A file that is not TOML at all: one line too.
+    let broken = temp_file("broken.toml", "port = \n");
+    let (status, _, stderr) = run(&["serve", "--config", broken.to_str().unwrap()], &[]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not valid TOML"), "{stderr}");
     // An unknown key in the applications file too.
     let auth = temp_file("auth-typo.yml", "applications:\n  - key: a\n    secret: s\n    authorizeOpen: true\n    authorizedOpen: false\n");
     let (status, _, stderr) = run(&["check-config", "--auth", auth.to_str().unwrap()], &[]).await;
