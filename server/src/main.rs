@@ -155,8 +155,9 @@ struct ServeArgs {
     #[arg(long, env = "TAGCAST_AUTH", value_name = "FILE")]
     auth: Option<PathBuf>,
     /// With --auth: whether anyone may open a connection (false: only with an application's key).
+    /// Booleans take true/false, 1/0, yes/no or on/off.
     #[arg(long, env = "TAGCAST_AUTHORIZE_OPEN", default_value = "true", value_name = "true|false",
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), hide_possible_values = true)]
     authorize_open: bool,
     /// Outgoing queue of each connection, in messages; a full queue disconnects a slow consumer.
     #[arg(long, env = "TAGCAST_QUEUE_SIZE", default_value_t = tagcast_server::config::DEFAULT_QUEUE_SIZE)]
@@ -227,7 +228,7 @@ struct ServeArgs {
     /// Write a frame straight into a quiet recipient's socket instead of waking its task (plain
     /// TCP only); false queues every frame (for debugging, and to compare both paths).
     #[arg(long, env = "TAGCAST_DIRECT_WRITES", default_value = "true", value_name = "true|false",
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), hide_possible_values = true)]
     direct_writes: bool,
     /// Connections' tags come from tokens signed by an application's backend (needs --auth).
     #[arg(long, env = "TAGCAST_SIGNED_TAGS", value_parser = clap::builder::BoolishValueParser::new())]
