@@ -48,10 +48,13 @@ async fn a_message_reaches_matching_clients_on_every_node_exactly_once() {
     for ws in [&mut a_fr, &mut b_fr, &mut c_fr] {
         assert_eq!(recv_text(ws).await, r#""Bonjour""#);
     }
-    // Exactly once: nothing more arrives, and EN never hears it.
-    for ws in [&mut a_fr, &mut b_fr, &mut c_fr, &mut c_en] {
-        assert_silent(ws).await;
+    // Exactly once: nothing more arrives (a marker routed after it comes next), and EN never
+    // hears it.
+    let fr_marker = publish_marker(b.addr, json!({"language": "FR"})).await;
+    for ws in [&mut a_fr, &mut b_fr, &mut c_fr] {
+        assert_marker_next(ws, &fr_marker).await;
     }
+    assert_nothing_before_marker(&mut c_en, a.addr, json!({"language": "EN"})).await;
 
     // Published over HTTP on node B, envelope recipients on C get the tags too.
     let mut c_env = envelope(&c.url_with_tags(r#"{"language":"EN"}"#)).await;
@@ -232,7 +235,7 @@ async fn clusters_on_one_redis_are_isolated_by_channel() {
         (200, r#"{"delivered":0}"#)
     );
     assert_eq!(recv_text(&mut on_one).await, r#""for one""#);
-    assert_silent(&mut on_two).await;
+    assert_nothing_before_marker(&mut on_two, two.addr, json!({"g": 1})).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,8 +406,12 @@ async fn every_connection_gets_the_clusters_positions_in_order_with_senders_on_e
             next[n] += 1;
             order.push(text);
         }
-        assert_silent(ws).await;
         orders.push(order);
+    }
+    // Nothing more: a marker routed after them comes next everywhere.
+    let marker = publish_marker(nodes[1].addr, json!({"g": 1})).await;
+    for ws in &mut listeners {
+        assert_marker_next(ws, &marker).await;
     }
     // The same order everywhere: the cluster's.
     assert_eq!(orders[0], orders[1]);
@@ -479,10 +486,12 @@ async fn a_node_cut_off_from_redis_catches_its_envelope_connections_up_when_it_r
     for expected in ["meanwhile 1", "meanwhile 2", "after"] {
         assert_eq!(recv_message(&mut env).await.0["message"], expected);
     }
-    assert_silent(&mut env).await;
+    let marker = publish_marker(b.addr, json!({"g": 1})).await;
+    assert_marker_next(&mut env, &marker).await;
     // A raw connection cannot be caught up: it gets what comes after, and /metrics counts
     // what it missed.
     assert_eq!(recv_text(&mut plain).await, r#""after""#);
+    assert_marker_next(&mut plain, &marker).await;
     let metrics = http_get(a.addr, "/metrics", "").await.body;
     assert_eq!(sample(&metrics, "tagcast_bus_missed_deliveries_total"), 2.0);
     assert_eq!(sample(&metrics, "tagcast_history_gap_closes_total"), 0.0);

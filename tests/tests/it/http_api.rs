@@ -32,7 +32,7 @@ async fn publish_delivers_one_request_and_echoes_its_id() {
         .starts_with("application/json"));
     assert_eq!(body(&answer), json!({"delivered": 1}));
     assert_eq!(recv_text(&mut fr).await, r#""Bonjour""#);
-    assert_silent(&mut en).await;
+    assert_nothing_before_marker(&mut en, server.addr, json!({"language": "EN"})).await;
 
     let answer = http_post(server.addr, "/publish", r#"{"id":"x-1","message":"all"}"#).await;
     assert_eq!(body(&answer), json!({"delivered": 2, "id": "x-1"}));

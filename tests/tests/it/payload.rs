@@ -31,7 +31,7 @@ async fn string_mode_refuses_other_messages_with_the_original_text() {
         "{reason}"
     );
     // Nobody else notices.
-    assert_silent(&mut other).await;
+    assert_nothing_before_marker(&mut other, server.addr, serde_json::json!({})).await;
     send_text(&mut other, r#"{"message":"still here"}"#).await;
     assert_eq!(recv_text(&mut other).await, r#""still here""#);
 }

@@ -203,6 +203,46 @@ pub async fn assert_silent(ws: &mut Ws) {
     }
 }
 
+/// Checks that nothing reached `ws` before a marker published now (over `/publish` on `addr`)
+/// to `tags`, the connection's own: a silence check anchored on a later frame of the same
+/// connection instead of a bare wait. Raw and envelope connections alike.
+pub async fn assert_nothing_before_marker(
+    ws: &mut Ws,
+    addr: std::net::SocketAddr,
+    tags: serde_json::Value,
+) {
+    let marker = publish_marker(addr, tags).await;
+    assert_marker_next(ws, &marker).await;
+}
+
+/// Publishes a unique marker message to `tags` over `/publish` on `addr`; returns its text.
+pub async fn publish_marker(addr: std::net::SocketAddr, tags: serde_json::Value) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let marker = format!(
+        "marker {}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let body = serde_json::json!({ "message": marker, "tags": tags }).to_string();
+    let answer = http_post(addr, "/publish", &body).await;
+    assert_eq!(answer.status, 200, "the marker: {}", answer.body);
+    marker
+}
+
+/// Checks that the next message `ws` gets is `marker` (raw or envelope): nothing came before.
+pub async fn assert_marker_next(ws: &mut Ws, marker: &str) {
+    let text = recv_text(ws).await;
+    let got = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(frame)) => frame.get("message").cloned(),
+        Ok(value) => Some(value),
+        Err(_) => None,
+    };
+    assert_eq!(
+        got,
+        Some(serde_json::Value::String(marker.to_owned())),
+        "expected nothing before the marker, got {text}"
+    );
+}
+
 /// Reads until the server's close frame; returns its code and reason.
 pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
     loop {
