@@ -81,6 +81,8 @@ fn text_frame(payload: &[u8]) -> Vec<u8> {
 async fn connection(floor: Arc<Floor>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
     let mut group = None;
+    // tungstenite's callback type returns its (large) error response by value.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
         group = group_of(request);
         Ok(response)
