@@ -1,0 +1,495 @@
+// The npm package as applications get it: the tarball `npm pack` made (scripts/build-npm) is
+// installed into a copy of this Vite application, its types are compiled with `tsc --strict`
+// against a typed usage file and the README's examples, the application is built with Vite
+// and served by a real `tagcast serve`, and headless Chromium drives it through the published
+// API. Then the options that need a server configured for them, each against its own real
+// server: `--auth` (key/secret, defaultTags, rate_limited), `--signed-tags` (token,
+// getToken), a cluster whose Redis goes down (unavailable). Run by scripts/test-browser.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, connect as tcpConnect } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+const bin = process.env.TAGCAST_BIN ?? join(root, "target", "debug", "tagcast");
+const app = join(root, "target", "vite-app");
+const tools = join(root, "node_modules", ".bin");
+const scratch = mkdtempSync(join(tmpdir(), "tagcast-package-"));
+const API_KEY = "package-test-api-key";
+const APPLICATIONS = {
+  application1: { secret: "B4ajW3P7jfWEYPZsQV8mnteHg97G67uW", authorizeOpen: true },
+  application2: { secret: "33yLWdynhaqm9tYjDFKf8gB8zmAPKdDP", authorizeOpen: false },
+};
+const authFile = join(scratch, "auth.yaml");
+writeFileSync(authFile, "applications:\n" + Object.entries(APPLICATIONS).map(([key, a]) =>
+  `  - key: ${key}\n    secret: ${a.secret}\n    authorizeOpen: ${a.authorizeOpen}\n`).join(""));
+const CREDENTIALS = { key: "application1", secret: APPLICATIONS.application1.secret };
+
+const children = new Set();
+let browser;
+let main; // serves the built application, no --auth, with the server API
+
+/** Starts `tagcast serve` on an OS-picked port; resolves once it listens. */
+function serve(args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", "0", ...args], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    children.add(child);
+    let log = "";
+    const timer = setTimeout(() => reject(new Error(`no 'listening on' line:\n${log}`)), 10000);
+    child.stderr.on("data", (chunk) => {
+      log += chunk;
+      const found = /listening on (\S+)/.exec(log);
+      if (found) {
+        clearTimeout(timer);
+        resolve({ child, addr: found[1], ws: `ws://${found[1]}`, http: `http://${found[1]}` });
+      }
+    });
+    child.on("exit", (code) => {
+      children.delete(child);
+      reject(new Error(`tagcast serve exited with ${code}:\n${log}`));
+    });
+  });
+}
+
+/** A server API call with the API key. */
+async function api(server, method, path, body) {
+  const answer = await fetch(`${server.http}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${API_KEY}` },
+    body: body && JSON.stringify(body),
+  });
+  assert.equal(answer.status, 200, `${method} ${path}: ${await answer.clone().text()}`);
+  return answer.json();
+}
+
+/** Polls `check` until it returns a truthy value. */
+async function until(check, what, ms = 10000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/**
+ * A TCP proxy to `upstream`: `cut()` ends its connections (no close frame) and refuses new ones
+ * until `mend()`; `pause()` holds what the server sends until `resume()`.
+ */
+async function proxyTo(upstream) {
+  const port = Number(upstream.split(":").pop());
+  const pairs = new Set();
+  let refusing = false;
+  let paused = false;
+  const server = createServer((down) => {
+    if (refusing) return down.destroy();
+    const up = tcpConnect(port, "127.0.0.1");
+    const pair = { up, down };
+    pairs.add(pair);
+    down.pipe(up);
+    if (!paused) up.pipe(down);
+    for (const [a, b] of [[down, up], [up, down]]) {
+      a.on("error", () => b.destroy());
+      a.on("close", () => { pairs.delete(pair); b.destroy(); });
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    ws: `ws://127.0.0.1:${server.address().port}`,
+    cut() { refusing = true; for (const { up, down } of pairs) { up.destroy(); down.destroy(); } },
+    mend() { refusing = false; },
+    pause() { paused = true; for (const { up, down } of pairs) up.unpipe(down); },
+    resume() { paused = false; for (const { up, down } of pairs) up.pipe(down); },
+    close() { this.cut(); server.close(); },
+  };
+}
+
+/** An HS256 JWT signed with an application's secret (PROTOCOL.md §5.1), by node:crypto. */
+function signTags(key, tags, seconds = 300) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ key, tags, exp: Math.floor(Date.now() / 1000) + seconds })}`;
+  const signature = createHmac("sha256", APPLICATIONS[key].secret).update(body).digest("base64url");
+  return `${body}.${signature}`;
+}
+
+/** The ```lang blocks of the package's README, in order. */
+function readmeBlocks(lang) {
+  const text = readFileSync(join(root, "sdk-wasm", "README.md"), "utf8");
+  return [...text.matchAll(new RegExp("```" + lang + "\\n([\\s\\S]*?)```", "g"))].map((m) => m[1]);
+}
+
+before(async () => {
+  // The application, installed from the packed tarball as `npm install` would.
+  const tarballs = readdirSync(join(root, "target", "npm")).filter((f) => /^tagcast-.*\.tgz$/.test(f));
+  assert.equal(tarballs.length, 1, "scripts/build-npm packs one tarball");
+  rmSync(app, { recursive: true, force: true });
+  cpSync(join(root, "examples", "vite-app"), app, {
+    recursive: true,
+    filter: (src) => !/node_modules|dist|tagcast\.tgz|package-lock/.test(src.slice(root.length)),
+  });
+  cpSync(join(root, "target", "npm", tarballs[0]), join(app, "tagcast.tgz"));
+  execFileSync("npm", ["install", "--offline", "--no-audit", "--no-fund"], { cwd: app, stdio: "pipe" });
+  // The README's JavaScript examples become TypeScript modules of the application, checked too.
+  readmeBlocks("js").forEach((code, i) => writeFileSync(join(app, "src", `readme-${i + 1}.ts`), code));
+  execFileSync(join(tools, "vite"), ["build", "--logLevel", "warn"], { cwd: app, stdio: "pipe" });
+
+  main = await serve(["--static", join(app, "dist"), "--api-key", API_KEY]);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--disable-dev-shm-usage"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  for (const child of children) child.kill("SIGKILL");
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+/** Opens the built application (with `query`) and waits until it initialized the package. */
+async function openApp(query = "") {
+  const page = await browser.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(e.message));
+  // Chromium logs each refused WebSocket handshake (a retry while a proxy refuses): not a problem.
+  page.on("console", (m) => m.type() === "error" && !m.text().startsWith("WebSocket connection to") &&
+    problems.push(m.text()));
+  await page.goto(`${main.http}/${query}`);
+  await page.waitForFunction(() => document.body.dataset.ready === "true", null, { timeout: 10000 });
+  return { page, problems };
+}
+
+test("the types compile with tsc --strict against a typed usage file and the README's examples", { timeout: 60000 }, () => {
+  try {
+    execFileSync(join(tools, "tsc"), ["-p", app], { stdio: "pipe" });
+  } catch (e) {
+    assert.fail(`tsc --strict failed:\n${e.stdout}${e.stderr}`);
+  }
+  const config = JSON.parse(readFileSync(join(app, "tsconfig.json"), "utf8"));
+  assert.equal(config.compilerOptions.strict, true);
+  const pkg = JSON.parse(readFileSync(join(app, "node_modules", "tagcast", "package.json"), "utf8"));
+  assert.equal(pkg.license, "MIT");
+  assert.ok(pkg.description.length > 20);
+  assert.deepEqual(pkg.exports["."], { types: "./tagcast.d.ts", default: "./tagcast.js" });
+});
+
+test("the Vite application sends and receives through the published package", { timeout: 60000 }, async () => {
+  const tags = JSON.stringify({ room: "vite" });
+  const { page, problems } = await openApp(`?server=${main.ws}&tags=${encodeURIComponent(tags)}`);
+  await page.waitForFunction(() => document.getElementById("state").textContent === "open");
+  const result = await page.evaluate(async (url) => {
+    const { connect, TagcastError } = window.tagcast;
+    const sender = await connect(url);
+    const { delivered } = await sender.send("Bonjour de Vite", { room: "vite" });
+    let error;
+    try { await connect(url, { flag: true }); } catch (e) { error = e; }
+    sender.close();
+    return {
+      delivered,
+      isClass: error instanceof TagcastError && error instanceof Error,
+      error: [error.name, error.code, error.message.includes("flag")],
+    };
+  }, main.ws);
+  assert.deepEqual(result, { delivered: 1, isClass: true, error: ["TagcastError", "bad_request", true] });
+  await page.waitForFunction(() => document.querySelectorAll("#messages li").length === 1);
+  assert.equal(await page.textContent("#messages li"), '"Bonjour de Vite" {"room":"vite"}');
+  // The bundle fetched its .wasm as a Vite asset.
+  const wasm = readdirSync(join(app, "dist", "assets")).filter((f) => f.endsWith(".wasm"));
+  assert.equal(wasm.length, 1);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("every README example runs against a real server", { timeout: 60000 }, async () => {
+  const blocks = readmeBlocks("js");
+  assert.ok(blocks.length >= 5, `${blocks.length} blocks`);
+  const { page, problems } = await openApp();
+  for (const [i, block] of blocks.entries()) {
+    // The package's imports become the application's bundled module, the server a real one.
+    const code = block
+      .replace(/import (\w+)(?:, \{([^}]*)\})? from "tagcast";/, (_, init, names) =>
+        `const { default: ${init}${names ? `, ${names}` : ""} } = window.tagcast;`)
+      .replaceAll("ws://localhost:8080", main.ws);
+    assert.ok(!code.includes("import "), `block ${i + 1}: an import left`);
+    await page.evaluate((code) => new (Object.getPrototypeOf(async () => {}).constructor)(code)(), code)
+      .catch((e) => assert.fail(`README block ${i + 1} failed: ${e.message}\n${block}`));
+  }
+  assert.deepEqual(problems, []);
+  await page.close();
+
+  // The plain-page example, served next to the installed package, as it is written.
+  const [html] = readmeBlocks("html");
+  writeFileSync(join(app, "plain.html"), html.replaceAll("ws://localhost:8080", main.ws));
+  const plain = await serve(["--static", app]);
+  const other = await browser.newPage();
+  const errors = [];
+  other.on("pageerror", (e) => errors.push(e.message));
+  other.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  await other.goto(`${plain.http}/plain.html`);
+  await other.waitForFunction(() => document.querySelectorAll("#messages li").length === 1, null, { timeout: 10000 });
+  assert.equal(await other.textContent("#messages li"), "Bonjour !");
+  assert.deepEqual(errors, []);
+  await other.close();
+  plain.child.kill("SIGTERM");
+});
+
+test("events, unsubscribe, close reasons, retag, timeouts, resume and dispose", { timeout: 60000 }, async () => {
+  const proxy = await proxyTo(main.addr);
+  const { page, problems } = await openApp();
+  try {
+    const log = await page.evaluate(async ({ url, proxied }) => {
+      const { connect } = window.tagcast;
+      const log = [];
+      const client = await connect(proxied, { room: "events" }, { minDelayMs: 20, maxDelayMs: 100 });
+      window.eventsClient = client;
+      const sender = await connect(url);
+      window.sender = sender;
+      const stop = client.on("message", ({ message }) => log.push(`message ${message}`));
+      client.on("state", ({ state, code }) => log.push(`state ${state} ${code ?? ""}`.trim()));
+      client.on("resumed", ({ recovered, missed }) => log.push(`resumed ${recovered} ${missed}`));
+      client.on("tags", ({ tags }) => log.push(`tags ${JSON.stringify(tags)}`));
+      client.on("error", ({ error, event }) => log.push(`error in ${event}: ${error.message}`));
+      const thrower = () => { throw new Error("boom"); };
+      const removeThrower = client.on("message", thrower);
+      const first = new Promise((r) => client.on("message", r));
+      await sender.send("one", { room: "events" });
+      await first;
+      stop();
+      removeThrower();
+      await sender.send("two", { room: "events" }); // nobody logs it
+      log.push(`setTags ${JSON.stringify(await client.setTags({ room: "moved" }))}`);
+      log.push(`client.tags ${JSON.stringify(client.tags)}`);
+      return log;
+    }, { url: main.ws, proxied: proxy.ws });
+    assert.deepEqual(log, [
+      "message one",
+      "error in message: boom",
+      'tags {"room":"moved"}',
+      'setTags {"room":"moved"}',
+      'client.tags {"room":"moved"}',
+    ]);
+
+    // The server's API retags it too; a timeout while the server's answers are held back.
+    assert.deepEqual(await api(main, "POST", "/retag", { tags: { room: "moved" }, set: { user: 7 } }),
+      { retagged: 1, refused: 0, partial: false });
+    await page.waitForFunction(() => window.eventsClient.tags.user === 7);
+    proxy.pause();
+    const timedOut = await page.evaluate(async () => {
+      try {
+        await window.eventsClient.send("slow", undefined, undefined, { timeoutMs: 200 });
+        return "answered";
+      } catch (e) {
+        return [e.code, e.message];
+      }
+    });
+    assert.deepEqual(timedOut, ["timeout", "no answer from the server within 200 ms"]);
+    proxy.resume();
+
+    // A drop: reconnecting with 1006, the message sent meanwhile replayed, then resumed.
+    await page.evaluate(() => { window.log2 = []; window.eventsClient.on("message", ({ message }) => window.log2.push(message)); });
+    proxy.cut();
+    await page.waitForFunction(() => window.eventsClient.state === "reconnecting");
+    const sent = await page.evaluate(() => window.sender.send("while away", { user: 7 }));
+    assert.equal(sent.delivered, 0);
+    proxy.mend();
+    await page.waitForFunction(() => window.eventsClient.state === "open" && window.log2.length === 1);
+    assert.deepEqual(await page.evaluate(() => window.log2), ["while away"]);
+
+    // The server disconnects it for good: closed with 4001 and the reason, no reconnect.
+    await page.evaluate(() => {
+      window.finalState = new Promise((resolve) => window.eventsClient.on("state", (e) => e.state === "closed" && resolve(e)));
+    });
+    assert.deepEqual(await api(main, "POST", "/disconnect", { tags: { user: 7 }, reason: "bye" }),
+      { disconnected: 1, partial: false });
+    assert.deepEqual(await page.evaluate(() => window.finalState), { state: "closed", code: 4001, reason: "bye" });
+    const late = await page.evaluate(() => window.eventsClient.send("late").catch((e) => [e.code, e.message]));
+    assert.deepEqual(late, ["closed", "not connected (state: closed)"]);
+
+    // free() and Symbol.dispose end the socket and the reconnects.
+    const disposed = await page.evaluate(async ({ proxied }) => {
+      const { connect } = window.tagcast;
+      const fast = { minDelayMs: 10, maxDelayMs: 20 };
+      window.live = await connect(proxied, { dispose: "live" }, fast);
+      const a = await connect(proxied, { dispose: "a" }, fast);
+      const b = await connect(proxied, { dispose: "b" }, fast);
+      a[Symbol.dispose]();
+      b.free();
+      return [typeof a[Symbol.dispose], a.free === b[Symbol.dispose]];
+    }, { proxied: proxy.ws });
+    assert.deepEqual(disposed, ["function", true]);
+    const byDispose = async () =>
+      (await api(main, "GET", `/presence?tags=${encodeURIComponent("{}")}&by=dispose`)).values;
+    await until(async () => JSON.stringify(await byDispose()) === '{"live":1}', "the disposed sockets to close");
+    // After a cut the live client comes back (with the same delays); the disposed ones do not.
+    await page.evaluate(() => { window.liveStates = []; window.live.on("state", ({ state }) => window.liveStates.push(state)); });
+    proxy.cut();
+    proxy.mend();
+    await page.waitForFunction(() => window.liveStates.join() === "reconnecting,open");
+    await until(async () => (await byDispose()).live === 1, "the live client back");
+    assert.deepEqual(await byDispose(), { live: 1 });
+    await page.evaluate(() => window.live.close());
+    assert.deepEqual(problems.filter((p) => !p.includes("handler threw")), []);
+    assert.ok(problems.some((p) => p.includes("tagcast: a 'message' handler threw")), problems.join("\n"));
+  } finally {
+    await page.close();
+    proxy.close();
+  }
+});
+
+test("--auth: key and secret in the handshake, defaultTags, reconnect: false, rate_limited", { timeout: 60000 }, async () => {
+  const server = await serve(["--auth", authFile, "--authorize-open", "false", "--rate-limit", "5"]);
+  const proxy = await proxyTo(server.addr);
+  const { page } = await openApp();
+  try {
+    const result = await page.evaluate(async ({ url, proxied, credentials, secret2 }) => {
+      const { connect } = window.tagcast;
+      const outcome = async (p) => p.then((c) => { c.close(); return "open"; }, (e) => e.code);
+      const once = { reconnect: false };
+      const r = {};
+      // --authorize-open false: opening needs an application's key (and secret for application2).
+      r.anonymous = await outcome(connect(url, {}, once));
+      r.key1 = await outcome(connect(url, {}, { ...once, key: "application1" }));
+      r.key2 = await outcome(connect(url, {}, { ...once, key: "application2" }));
+      r.key2secret = await outcome(connect(url, {}, { ...once, key: "application2", secret: secret2 }));
+
+      // defaultTags and defaultMetadata are merged under each send's own.
+      const listener = await connect(url, { room: "d", user: 1 }, { ...once, key: "application1" });
+      const got = new Promise((resolve) => listener.on("message", resolve));
+      const sender = await connect(url, {}, {
+        ...once, key: "application1", defaultTags: { room: "d" }, defaultMetadata: credentials,
+      });
+      r.delivered = (await sender.send("merged", { user: 1 })).delivered;
+      r.got = await got;
+      // Without the credentials in metadata, --auth refuses the send.
+      const bare = await connect(url, {}, { ...once, key: "application1" });
+      r.unauthorized = await bare.send("x").catch((e) => e.code);
+      bare.close();
+
+      // --rate-limit 5: a burst of 20 gets rate_limited answers, and the connection stays open.
+      const codes = await Promise.all(Array.from({ length: 20 }, (_, i) =>
+        sender.send(`burst ${i}`, { user: 2 }).then(() => "ok", (e) => e.code)));
+      r.rateLimited = codes.includes("rate_limited") && codes.includes("ok") &&
+        codes.every((c) => c === "ok" || c === "rate_limited");
+      r.senderState = sender.state;
+      sender.close();
+
+      // reconnect: false: a drop closes the client with the close's code, and it stays closed.
+      const fragile = await connect(proxied, {}, { ...once, key: "application1" });
+      window.fragile = fragile;
+      window.fragileStates = [];
+      fragile.on("state", (e) => window.fragileStates.push(e));
+      listener.close();
+      return r;
+    }, { url: server.ws, proxied: proxy.ws, credentials: CREDENTIALS, secret2: APPLICATIONS.application2.secret });
+    assert.deepEqual(result, {
+      anonymous: "closed", key1: "open", key2: "closed", key2secret: "open",
+      delivered: 1, got: { message: "merged", tags: { room: "d", user: 1 }, pos: result.got.pos },
+      unauthorized: "unauthorized", rateLimited: true, senderState: "open",
+    });
+    assert.match(result.got.pos, /^[A-Za-z0-9._~-]+$/);
+    proxy.cut();
+    await page.waitForFunction(() => window.fragile.state === "closed");
+    proxy.mend();
+    assert.deepEqual(await page.evaluate(() => window.fragileStates), [{ state: "closed", code: 1006, reason: "" }]);
+  } finally {
+    await page.close();
+    proxy.close();
+    server.child.kill("SIGTERM");
+  }
+});
+
+test("--signed-tags: token and getToken, before every connect and reconnect", { timeout: 60000 }, async () => {
+  const server = await serve(["--auth", authFile, "--signed-tags", "--api-key", API_KEY]);
+  const proxy = await proxyTo(server.addr);
+  const { page } = await openApp();
+  try {
+    const tokens = { user42: signTags("application1", { user: 42 }), wide: signTags("application1", { user: 42, room: 1 }) };
+    const result = await page.evaluate(async ({ url, proxied, tokens }) => {
+      const { connect } = window.tagcast;
+      const once = { reconnect: false };
+      const r = {};
+      r.noToken = await connect(url, {}, once).then(() => "open", (e) => e.code);
+      r.badToken = await connect(url, {}, { ...once, token: "not.a.jwt" }).then(() => "open", (e) => e.code);
+      const withToken = await connect(url, undefined, { ...once, token: tokens.user42 });
+      r.tags = withToken.tags;
+      // Tags the token does not allow are refused, and stay as they were.
+      r.wider = await withToken.setTags({ user: 42, room: 1 }).catch((e) => e.code);
+      // A token that allows them does; it becomes the connection's.
+      r.withWide = await withToken.setTags({ user: 42, room: 1 }, { token: tokens.wide });
+      withToken.close();
+
+      // getToken: asked before the first connect and before each reconnect.
+      window.asked = 0;
+      const client = await connect(proxied, undefined, {
+        minDelayMs: 20, maxDelayMs: 100,
+        getToken: async () => { window.asked += 1; return tokens.user42; },
+      });
+      window.tokenClient = client;
+      window.resumed = new Promise((resolve) => client.on("resumed", resolve));
+      r.asked = window.asked;
+      return r;
+    }, { url: server.ws, proxied: proxy.ws, tokens });
+    assert.deepEqual(result, {
+      noToken: "closed", badToken: "closed", tags: {}, wider: "unauthorized",
+      withWide: { user: 42, room: 1 }, asked: 1,
+    });
+    proxy.cut();
+    await page.waitForFunction(() => window.tokenClient.state === "reconnecting");
+    proxy.mend();
+    assert.deepEqual(await page.evaluate(() => window.resumed), { recovered: true, missed: 0 });
+    assert.ok(await page.evaluate(() => window.asked) >= 2);
+    // The reconnected client is the token's: a publish to user 42 reaches it.
+    const received = page.evaluate(() => new Promise((resolve) => window.tokenClient.on("message", ({ message }) => resolve(message))));
+    const published = await fetch(`${server.http}/publish`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${API_KEY}` },
+      body: JSON.stringify({ message: "for 42", tags: { user: 42 } }),
+    });
+    assert.equal(published.status, 200);
+    assert.equal(await received, "for 42");
+    await page.evaluate(() => window.tokenClient.close());
+  } finally {
+    await page.close();
+    proxy.close();
+    server.child.kill("SIGTERM");
+  }
+});
+
+test("unavailable: a cluster node whose Redis went down refuses sends, the connection stays", { timeout: 60000 }, async () => {
+  const dir = mkdtempSync(join(scratch, "redis-"));
+  const socket = join(dir, "redis.sock");
+  const redis = spawn("redis-server", ["--port", "0", "--unixsocket", socket, "--save", "", "--appendonly", "no", "--dir", dir],
+    { stdio: "ignore" });
+  children.add(redis);
+  const redisExited = new Promise((resolve) => redis.on("exit", resolve));
+  try {
+    const server = await until(() => serve(["--auth", authFile, "--redis", `redis+unix://${socket}`]).catch(() => null), "redis and the node");
+    const { page } = await openApp();
+    await page.evaluate(async ({ url, credentials }) => {
+      window.clusterClient = await window.tagcast.connect(url, {}, { defaultMetadata: credentials });
+      await window.clusterClient.send("while redis is up");
+    }, { url: server.ws, credentials: CREDENTIALS });
+    redis.kill("SIGKILL");
+    await redisExited;
+    await until(async () => (await fetch(`${server.http}/healthz`)).status === 503, "/healthz 503");
+    const refused = await page.evaluate(() => window.clusterClient.send("lost?").catch((e) => [e.code, e.name]));
+    assert.deepEqual(refused, ["unavailable", "TagcastError"]);
+    assert.equal(await page.evaluate(() => window.clusterClient.state), "open");
+    await page.close();
+    server.child.kill("SIGTERM");
+  } finally {
+    redis.kill("SIGKILL");
+  }
+});
