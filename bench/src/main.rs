@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod pusher;
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Load scenarios for a tag-routing WebSocket server.
@@ -89,6 +91,8 @@ struct Common {
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    #[command(flatten)]
+    protocol: pusher::ServerProtocol,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -123,6 +127,9 @@ struct FanoutArgs {
     /// Connect the publishers to this URL instead of --url (another node of a cluster).
     #[arg(long, value_parser = ws_url)]
     publish_url: Option<String>,
+    /// How publishers send (bench/src/pusher.rs runs the HTTP ones).
+    #[arg(long, value_enum, default_value_t = pusher::PublishOver::Ws)]
+    publish_over: pusher::PublishOver,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -242,6 +249,7 @@ async fn burst_load(
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let result = match cli.scenario {
+        scenario if pusher::handles(&scenario) => pusher::run(&scenario).await?,
         Scenario::Fanout(args) => fanout(&args, 0.0).await?,
         Scenario::Slow(args) => fanout(&args.fanout, args.slow_percent).await?,
         Scenario::Idle(args) => idle(&args).await?,
