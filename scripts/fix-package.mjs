@@ -1,5 +1,5 @@
 // Turns wasm-pack's `--target web` output into the published npm package `tagcast`, one
-// package for every consumer: bundlers (Vite, webpack 5, esbuild...) resolve "tagcast" through
+// package for every consumer: bundlers (Vite, webpack 5, ...) resolve "tagcast" through
 // `exports`, and plain `<script type="module">` pages import `tagcast.js` by its path. The web
 // build loads its .wasm with `new URL("tagcast_bg.wasm", import.meta.url)`, which bundlers turn
 // into an asset and browsers fetch as is, so no bundler plugin or WebAssembly ESM integration

@@ -651,7 +651,9 @@ impl TagcastClient {
         })
     }
 
-    /// The connection's tags: those it opened with, or the latest the server confirmed.
+    /// The connection's tags: those it opened with, or the latest the server confirmed (a
+    /// `tags` event). Under `--signed-tags`, a connection opened without tags has its token's,
+    /// which the server does not repeat: `{}` here until a retag.
     #[wasm_bindgen(getter, unchecked_return_type = "Tags")]
     pub fn tags(&self) -> JsValue {
         parse_json(&self.inner.borrow().tags.to_json())

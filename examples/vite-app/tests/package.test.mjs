@@ -252,7 +252,7 @@ test("events, unsubscribe, close reasons, retag, timeouts, resume and dispose", 
     const log = await page.evaluate(async ({ url, proxied }) => {
       const { connect } = window.tagcast;
       const log = [];
-      const client = await connect(proxied, { room: "events" }, { minDelayMs: 20, maxDelayMs: 100 });
+      const client = await connect(proxied, { room: "events" }, { minDelayMs: 20, maxDelayMs: 100, maxRetries: Infinity });
       window.eventsClient = client;
       const sender = await connect(url);
       window.sender = sender;
@@ -299,7 +299,15 @@ test("events, unsubscribe, close reasons, retag, timeouts, resume and dispose", 
 
     // A drop: reconnecting with 1006, the message sent meanwhile replayed, then resumed.
     await page.evaluate(() => { window.log2 = []; window.eventsClient.on("message", ({ message }) => window.log2.push(message)); });
+    // A send whose answer is held back when the connection drops: `closed`, with the close.
+    proxy.pause();
+    await page.evaluate(() => {
+      window.pending = window.eventsClient.send("unanswered", { user: "nobody" })
+        .catch((e) => [e instanceof window.tagcast.TagcastError, e.code, e.closeCode, e.reason]);
+    });
     proxy.cut();
+    proxy.resume();
+    assert.deepEqual(await page.evaluate(() => window.pending), [true, "closed", 1006, ""]);
     await page.waitForFunction(() => window.eventsClient.state === "reconnecting");
     const sent = await page.evaluate(() => window.sender.send("while away", { user: 7 }));
     assert.equal(sent.delivered, 0);
@@ -320,7 +328,8 @@ test("events, unsubscribe, close reasons, retag, timeouts, resume and dispose", 
     // free() and Symbol.dispose end the socket and the reconnects.
     const disposed = await page.evaluate(async ({ proxied }) => {
       const { connect } = window.tagcast;
-      const fast = { minDelayMs: 10, maxDelayMs: 20 };
+      // Retrying for ever: a loaded machine may take a while to mend the proxy.
+      const fast = { minDelayMs: 10, maxDelayMs: 20, maxRetries: Infinity };
       window.live = await connect(proxied, { dispose: "live" }, fast);
       const a = await connect(proxied, { dispose: "a" }, fast);
       const b = await connect(proxied, { dispose: "b" }, fast);
@@ -433,7 +442,7 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
       // getToken: asked before the first connect and before each reconnect.
       window.asked = 0;
       const client = await connect(proxied, undefined, {
-        minDelayMs: 20, maxDelayMs: 100,
+        minDelayMs: 20, maxDelayMs: 100, maxRetries: Infinity,
         getToken: async () => { window.asked += 1; return tokens.user42; },
       });
       window.tokenClient = client;
@@ -451,14 +460,16 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
     assert.deepEqual(await page.evaluate(() => window.resumed), { recovered: true, missed: 0 });
     assert.ok(await page.evaluate(() => window.asked) >= 2);
     // The reconnected client is the token's: a publish to user 42 reaches it.
-    const received = page.evaluate(() => new Promise((resolve) => window.tokenClient.on("message", ({ message }) => resolve(message))));
+    await page.evaluate(() => {
+      window.received = new Promise((resolve) => window.tokenClient.on("message", ({ message }) => resolve(message)));
+    });
     const published = await fetch(`${server.http}/publish`, {
       method: "POST",
       headers: { authorization: `Bearer ${API_KEY}` },
       body: JSON.stringify({ message: "for 42", tags: { user: 42 } }),
     });
     assert.equal(published.status, 200);
-    assert.equal(await received, "for 42");
+    assert.equal(await page.evaluate(() => window.received), "for 42");
     await page.evaluate(() => window.tokenClient.close());
   } finally {
     await page.close();
