@@ -6,8 +6,9 @@
 // is needed.
 //
 // It also adds to tagcast.js what wasm-bindgen cannot write: the export of the `TagcastError`
-// class (a wasm-bindgen snippet, so that `instanceof` works), and `free()` / `Symbol.dispose`
-// that close the connection before freeing the client.
+// class (a wasm-bindgen snippet, so that `instanceof` works), and a `Symbol.dispose` and a
+// `free()` that close the connection (wasm-bindgen's would only free the Rust side, leaving the
+// socket open and reconnecting).
 // Usage: node scripts/fix-package.mjs sdk-wasm/pkg
 import { readFileSync, writeFileSync, readdirSync, existsSync, appendFileSync } from "node:fs";
 import { join } from "node:path";
@@ -23,8 +24,9 @@ if (snippets.length !== 1) throw new Error(`expected one tagcast-error.js snippe
 const entry = join(dir, "tagcast.js");
 if (!readFileSync(entry, "utf8").includes("export { TagcastError }")) {
   appendFileSync(entry, `
-// Added by scripts/fix-package.mjs: the error class, and free() / Symbol.dispose that end the
-// connection and its reconnects before freeing the client.
+// Added by scripts/fix-package.mjs: the error class; Symbol.dispose ends the connection and its
+// reconnects (the client stays readable: \`state\` says "closed"; its memory goes with it when
+// it is collected); free() does too, then frees it at once.
 export { TagcastError } from "./${snippets[0]}";
 {
     const free = TagcastClient.prototype.free;
@@ -32,7 +34,11 @@ export { TagcastError } from "./${snippets[0]}";
         if (this.__wbg_ptr) this.close();
         free.call(this);
     };
-    if (Symbol.dispose) TagcastClient.prototype[Symbol.dispose] = TagcastClient.prototype.free;
+    if (Symbol.dispose) {
+        TagcastClient.prototype[Symbol.dispose] = function () {
+            if (this.__wbg_ptr) this.close();
+        };
+    }
 }
 `);
 }
