@@ -1,8 +1,9 @@
 // The npm package as applications get it: the tarball `npm pack` made (scripts/build-npm) is
 // installed into a copy of this Vite application, its types are compiled with `tsc --strict`
 // against a typed usage file and the README's examples, the application is built with Vite
-// and served by a real `tagcast serve`, and headless Chromium drives it through the published
-// API. Then the options that need a server configured for them, each against its own real
+// and served by a real `tagcast serve` (and served by Vite's dev server), and headless Chromium
+// drives it through the published API; the README's examples run in it, and its plain-page
+// example is served next to the installed package. Then the options that need a server configured for them, each against its own real
 // server: `--auth` (key/secret, defaultTags, rate_limited), `--signed-tags` (token,
 // getToken), a cluster whose Redis goes down (unavailable). Run by scripts/test-browser.
 import { test, before, after } from "node:test";
@@ -210,6 +211,30 @@ test("the Vite application sends and receives through the published package", { 
   assert.equal(wasm.length, 1);
   assert.deepEqual(problems, []);
   await page.close();
+});
+
+test("the Vite dev server serves the package too (optimizeDeps.exclude, as the README says)", { timeout: 60000 }, async () => {
+  const { createServer: createVite } = await import("vite");
+  // Vite binds the port itself (the next free one from 5173) and reports it.
+  const dev = await createVite({ root: app, logLevel: "silent", server: { host: "127.0.0.1", strictPort: false } });
+  await dev.listen();
+  const page = await browser.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(e.message));
+  page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+  try {
+    const tags = encodeURIComponent(JSON.stringify({ room: "dev" }));
+    await page.goto(`${dev.resolvedUrls.local[0]}?server=${main.ws}&tags=${tags}`);
+    await page.waitForFunction(() => document.getElementById("state").textContent === "open", null, { timeout: 30000 });
+    const delivered = await page.evaluate(() => window.client.send("from the dev server", { room: "dev" }));
+    assert.deepEqual(delivered, { delivered: 1 });
+    await page.waitForFunction(() => document.querySelectorAll("#messages li").length === 1);
+    assert.equal(await page.textContent("#messages li"), '"from the dev server" {"room":"dev"}');
+    assert.deepEqual(problems, []);
+  } finally {
+    await page.close();
+    await dev.close();
+  }
 });
 
 test("every README example runs against a real server", { timeout: 60000 }, async () => {
