@@ -84,8 +84,11 @@ struct Inner {
     tags: Tags,
     /// The most tags of a connection or a send.
     max_tags: usize,
-    /// The signed-tags token of the `token` option.
+    /// The signed-tags token of the `token` option, or the latest a retag was accepted with.
     token: Option<String>,
+    /// A `setTags` sent with a token: its id and the token, which becomes the connection's
+    /// once the server accepts the new tags (PROTOCOL.md §13).
+    retag_token: Option<(i64, String)>,
     /// The `getToken` option, called before every attempt to open.
     get_token: Option<js_sys::Function>,
     state: State,
@@ -306,6 +309,7 @@ pub async fn connect(
         tags,
         max_tags: options.max_tags,
         token: options.token,
+        retag_token: None,
         get_token: options.get_token,
         state: State::Connecting,
         sink: None,
@@ -477,6 +481,11 @@ fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
                     i.url = url;
                 }
                 i.tags = tags;
+                if let (Some(RequestId::Integer(id)), Some((sent, _))) = (&id, &i.retag_token) {
+                    if id == sent {
+                        i.token = i.retag_token.take().map(|(_, t)| t);
+                    }
+                }
             }
             let tags = field("tags");
             let mut fields = vec![("tags", &tags)];
@@ -639,7 +648,8 @@ impl TagcastClient {
             Ok(p) => p,
             Err(e) => return js_sys::Promise::reject(&e),
         };
-        request(&self.inner, timeout, &|id, _| {
+        let id = self.inner.borrow().next_id;
+        let answer = request(&self.inner, timeout, &|id, _| {
             let token = token
                 .as_ref()
                 .map(|t| format!(",\"token\":{}", serde_json::Value::String(t.clone())))
@@ -648,7 +658,13 @@ impl TagcastClient {
                 r#"{{"type":"retag","id":{id},"tags":{}{token}}}"#,
                 tags.to_json()
             ))
-        })
+        });
+        let mut inner = self.inner.borrow_mut();
+        if inner.next_id > id {
+            // Sent: a reconnect presents this token once the server accepted it.
+            inner.retag_token = token.map(|t| (id, t));
+        }
+        answer
     }
 
     /// The connection's tags: those it opened with, or the latest the server confirmed (a

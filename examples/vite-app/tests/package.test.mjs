@@ -464,14 +464,31 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
       const r = {};
       r.noToken = await connect(url, {}, once).then(() => "open", (e) => e.code);
       r.badToken = await connect(url, {}, { ...once, token: "not.a.jwt" }).then(() => "open", (e) => e.code);
-      const withToken = await connect(url, undefined, { ...once, token: tokens.user42 });
+      const withToken = await connect(proxied, undefined, { token: tokens.user42, minDelayMs: 20, maxDelayMs: 100, maxRetries: Infinity });
+      window.withToken = withToken;
       r.tags = withToken.tags;
       // Tags the token does not allow are refused, and stay as they were.
       r.wider = await withToken.setTags({ user: 42, room: 1 }).catch((e) => e.code);
       // A token that allows them does; it becomes the connection's.
       r.withWide = await withToken.setTags({ user: 42, room: 1 }, { token: tokens.wide });
-      withToken.close();
+      window.wideBack = new Promise((resolve) => withToken.on("resumed", resolve));
 
+      return r;
+    }, { url: server.ws, proxied: proxy.ws, tokens });
+    assert.deepEqual(result, {
+      noToken: "closed", badToken: "closed", tags: {}, wider: "unauthorized",
+      withWide: { user: 42, room: 1 },
+    });
+    // It reconnects with its new tags and the token that allows them (the first would not).
+    proxy.cut();
+    await page.waitForFunction(() => window.withToken.state === "reconnecting");
+    proxy.mend();
+    assert.deepEqual(await page.evaluate(() => window.wideBack), { recovered: true, missed: 0 });
+    assert.deepEqual(await page.evaluate(() => window.withToken.tags), { user: 42, room: 1 });
+    await page.evaluate(() => window.withToken.close());
+
+    const asked = await page.evaluate(async ({ proxied, tokens }) => {
+      const { connect } = window.tagcast;
       // getToken: asked before the first connect and before each reconnect.
       window.asked = 0;
       const client = await connect(proxied, undefined, {
@@ -480,13 +497,9 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
       });
       window.tokenClient = client;
       window.resumed = new Promise((resolve) => client.on("resumed", resolve));
-      r.asked = window.asked;
-      return r;
-    }, { url: server.ws, proxied: proxy.ws, tokens });
-    assert.deepEqual(result, {
-      noToken: "closed", badToken: "closed", tags: {}, wider: "unauthorized",
-      withWide: { user: 42, room: 1 }, asked: 1,
-    });
+      return window.asked;
+    }, { proxied: proxy.ws, tokens });
+    assert.equal(asked, 1);
     proxy.cut();
     await page.waitForFunction(() => window.tokenClient.state === "reconnecting");
     proxy.mend();
