@@ -233,3 +233,26 @@ test("a pane's new tags apply in place, without reconnecting", async () => {
   assert.deepEqual(problems, []);
   await page.close();
 });
+
+test("a pane the server retags (POST /retag) shows its new tags", async () => {
+  const own = await serve(["--static", join(root, "web-demo"), "--api-key", "demo-key"]);
+  const page = await browser.newPage();
+  try {
+    await page.goto(`http://${own.addr}/`);
+    await page.waitForFunction(() => document.querySelectorAll('.pane[data-state="open"]').length === 3);
+    const answer = await fetch(`http://${own.addr}/retag`, {
+      method: "POST",
+      headers: { authorization: "Bearer demo-key" },
+      body: JSON.stringify({ tags: { user: 42 }, set: { room: 7 } }),
+    });
+    assert.deepEqual([answer.status, await answer.json()], [200, { retagged: 1, refused: 0, partial: false }]);
+    await page.waitForFunction(() => document.querySelector('[data-testid="pane-3"]').dataset.retagged === "1");
+    const rows = await page.$$eval('[data-testid="pane-3"] .tag-rows > div', (all) =>
+      all.map((row) => [row.querySelector(".name").value, row.querySelector(".value").value]));
+    assert.deepEqual(rows, [["language", "FR"], ["room", "7"], ["user", "42"]]);
+    assert.equal(await page.getAttribute('[data-testid="pane-1"]', "data-retagged"), null);
+  } finally {
+    await page.close();
+    own.child.kill("SIGTERM");
+  }
+});
