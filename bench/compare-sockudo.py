@@ -69,7 +69,7 @@ enabled = false                   # default on (Prometheus on port 9601)
 
 [tag_filtering]
 enabled = true                    # default off: needed for the `filter` of subscriptions
-enable_tags = false                 # default true: tags not repeated in each delivery (Tagcast sends only the message)
+enable_tags = false               # default true: tags not repeated in each delivery (Tagcast sends only the message)
 
 [delta_compression]
 enabled = false                   # default on (per-subscriber opt-in; unused here)
