@@ -200,7 +200,7 @@ async fn retag_moves_connections_and_tells_envelope_clients() {
     );
     assert_eq!(recv_message(&mut mover).await.0["message"], "to 43");
     assert_eq!(recv_text(&mut raw_mover).await, r#""to 43""#);
-    assert_silent(&mut stays).await;
+    assert_nothing_before_marker(&mut stays, server.addr, json!({"room": 41})).await;
 
     // Unset, and a result over --max-tags leaves that connection as it was.
     let (_, answer) = post(
