@@ -2,11 +2,14 @@
 // written plainly on the `ws` package, to compare a typical Node server with Tagcast.
 //
 //   node bench/baselines/ws-server.mjs [--host 0.0.0.0] [--port 8080]
+//                                      [--tls-cert cert.pem --tls-key key.pem]   (https, wss)
 //
 // Prints `listening on HOST:PORT` to stderr once listening; SIGINT/SIGTERM exit 0.
 // Not covered: auth, envelope mode, /publish, metrics, clusters. JSON.parse cannot tell
 // `5.0` from `5`, so `5.0` passes as an integer tag here (Tagcast rejects it).
 import http from 'node:http';
+import https from 'node:https';
+import fs from 'node:fs';
 import { WebSocketServer, WebSocket } from 'ws';
 
 const MAX_PAYLOAD = 1024 * 1024; // --max-message-bytes default
@@ -15,9 +18,13 @@ const MAX_TAGS = 64;
 
 let host = '0.0.0.0';
 let port = 8080;
+let tlsCert = null;
+let tlsKey = null;
 for (let i = 2; i < process.argv.length; i += 2) {
   if (process.argv[i] === '--host') host = process.argv[i + 1];
   else if (process.argv[i] === '--port') port = Number(process.argv[i + 1]);
+  else if (process.argv[i] === '--tls-cert') tlsCert = fs.readFileSync(process.argv[i + 1]);
+  else if (process.argv[i] === '--tls-key') tlsKey = fs.readFileSync(process.argv[i + 1]);
   else { console.error(`unknown argument ${process.argv[i]}`); process.exit(2); }
 }
 
@@ -114,7 +121,8 @@ function onMessage(data, isBinary) {
   deliver(tags, JSON.stringify(request.message)); // encoded once, same string for all
 }
 
-const server = http.createServer((req, res) => {
+const server = (tlsCert ? (handler) => https.createServer({ cert: tlsCert, key: tlsKey }, handler)
+  : (handler) => http.createServer(handler))((req, res) => {
   res.writeHead(426, { 'Content-Type': 'text/plain' });
   res.end('Connect with a WebSocket client: ws://HOST:PORT/?tags={...}\n');
 });

@@ -29,6 +29,28 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
+    /// Trust this PEM certificate for wss:// URLs (a server started with --tls-cert).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+}
+
+/// The TLS connector for wss:// URLs, set once from --ca-cert.
+static TLS: std::sync::OnceLock<tokio_tungstenite::Connector> = std::sync::OnceLock::new();
+
+/// A rustls client trusting only the certificates in the PEM file at `path`.
+fn tls_connector(path: &std::path::Path) -> anyhow::Result<tokio_tungstenite::Connector> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.context("a PEM certificate")?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +270,9 @@ async fn burst_load(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(path) = &cli.ca_cert {
+        let _ = TLS.set(tls_connector(path)?);
+    }
     let result = match cli.scenario {
         scenario if pusher::handles(&scenario) => pusher::run(&scenario).await?,
         Scenario::Fanout(args) => fanout(&args, 0.0).await?,
@@ -299,9 +324,14 @@ async fn open(url: &str) -> anyhow::Result<Ws> {
     // tungstenite zero-fills its whole read buffer on every read: its 128 KiB default made
     // memset half of this process's CPU time. Frames here are small.
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        Some(config),
+        true,
+        TLS.get().cloned(),
+    )
+    .await
+    .with_context(|| format!("connecting to {url}"))?;
     Ok(ws)
 }
 
