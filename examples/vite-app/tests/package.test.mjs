@@ -334,6 +334,11 @@ test("events, unsubscribe, close reasons, retag, timeouts, resume and dispose", 
     proxy.resume();
     assert.deepEqual(await page.evaluate(() => window.pending), [true, "closed", 1006, ""]);
     await page.waitForFunction(() => window.eventsClient.state === "reconnecting");
+    // The server drops its side of the cut connection a moment later: until then a send
+    // would still count it as a recipient (and the resume would replay it all the same).
+    const userSeven = encodeURIComponent('{"user":7}');
+    await until(async () => (await api(main, "GET", `/presence?tags=${userSeven}`)).connections === 0,
+      "the server to drop the cut connection");
     const sent = await page.evaluate(() => window.sender.send("while away", { user: 7 }));
     assert.equal(sent.delivered, 0);
     proxy.mend();
