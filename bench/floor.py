@@ -12,11 +12,11 @@ Tagcast's CPU per delivery over the floor's, and the median of the pairs is repo
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
-import threading
 import time
+
+from tls import server  # starts a server, returns it with its port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -29,19 +29,8 @@ LOAD = ["--subscribers", "10000", "--groups", "100", "--in-flight", "1", "--mess
 
 
 def one(kind):
-    proc = subprocess.Popen(SERVERS[kind], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc, port = server(SERVERS[kind])
     try:
-        line = ""
-        for _ in range(50):
-            line = proc.stderr.readline()
-            if "listening on" in line:
-                break
-        found = re.search(r"127\.0\.0\.1:(\d+)", line)
-        if not found:
-            raise RuntimeError(f"{kind} did not start: {line}")
-        port = found.group(1)
-        # Keep draining stderr so the server never blocks on a full pipe.
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
         out = subprocess.run([os.path.join(RELEASE, "tagcast-bench"), "fanout", "--url",
                               f"ws://127.0.0.1:{port}", "--server", kind, "--server-pid",
                               str(proc.pid), *LOAD], check=True, capture_output=True, text=True,

@@ -421,6 +421,34 @@ struct Run {
 }
 
 impl Run {
+    /// A run of `args`'s publishers and messages, each group expecting `expected` deliveries.
+    fn new(args: &FanoutArgs, expected: Vec<u32>) -> Arc<Run> {
+        Arc::new(Run {
+            start: Instant::now(),
+            publishers: args.publishers,
+            messages: args.messages,
+            groups: args.groups,
+            expected,
+            received: (0..args.publishers * args.messages)
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+            windows: (0..args.publishers)
+                .map(|_| Semaphore::new(args.in_flight.max(1)))
+                .collect(),
+            completed: AtomicUsize::new(0),
+            duplicates: AtomicU64::new(0),
+            reordered: AtomicU64::new(0),
+        })
+    }
+
+    /// Deliveries the whole run expects.
+    fn expected_deliveries(&self) -> u64 {
+        (0..self.publishers)
+            .flat_map(|p| (0..self.messages).map(move |s| (p, s)))
+            .map(|(p, s)| u64::from(self.expected_for(p, s)))
+            .sum()
+    }
+
     fn group_of(&self, publisher: usize, seq: usize) -> usize {
         (seq + publisher) % self.groups
     }
@@ -598,24 +626,8 @@ async fn fanout(args: &FanoutArgs, slow_percent: f64) -> anyhow::Result<serde_js
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let total = args.publishers * args.messages;
-    let run = Arc::new(Run {
-        start: Instant::now(),
-        publishers: args.publishers,
-        messages: args.messages,
-        groups: args.groups,
-        expected,
-        received: (0..total).map(|_| AtomicU32::new(0)).collect(),
-        windows: (0..args.publishers)
-            .map(|_| Semaphore::new(args.in_flight.max(1)))
-            .collect(),
-        completed: AtomicUsize::new(0),
-        duplicates: AtomicU64::new(0),
-        reordered: AtomicU64::new(0),
-    });
-    let expected_deliveries: u64 = (0..args.publishers)
-        .flat_map(|p| (0..args.messages).map(move |s| (p, s)))
-        .map(|(p, s)| u64::from(run.expected_for(p, s)))
-        .sum();
+    let run = Run::new(args, expected);
+    let expected_deliveries = run.expected_deliveries();
     let (stop_tx, stop) = watch::channel(false);
     let before = process_stats(c.server_pid);
     let start = Instant::now();

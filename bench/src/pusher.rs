@@ -16,7 +16,7 @@
 //! one (HTTP gives no order between concurrent requests); `--in-flight` still bounds how many
 //! of its requests may be answered but not yet completely delivered.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -482,24 +482,8 @@ async fn fanout(args: &FanoutArgs) -> anyhow::Result<serde_json::Value> {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let total = args.publishers * args.messages;
-    let run = Arc::new(Run {
-        start: Instant::now(),
-        publishers: args.publishers,
-        messages: args.messages,
-        groups: args.groups,
-        expected,
-        received: (0..total).map(|_| AtomicU32::new(0)).collect(),
-        windows: (0..args.publishers)
-            .map(|_| Semaphore::new(args.in_flight.max(1)))
-            .collect(),
-        completed: AtomicUsize::new(0),
-        duplicates: AtomicU64::new(0),
-        reordered: AtomicU64::new(0),
-    });
-    let expected_deliveries: u64 = (0..args.publishers)
-        .flat_map(|i| (0..args.messages).map(move |s| (i, s)))
-        .map(|(i, s)| u64::from(run.expected_for(i, s)))
-        .sum();
+    let run = Run::new(args, expected);
+    let expected_deliveries = run.expected_deliveries();
     let (stop_tx, stop) = watch::channel(false);
     let before = process_stats(c.server_pid);
 

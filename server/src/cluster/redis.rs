@@ -55,36 +55,43 @@ const RETURN_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
-/// Appends a request to the cluster's history and publishes it, atomically.
-/// KEYS: epoch, sequence, stream. ARGV: channel, a fresh epoch (used when Redis has none),
-/// most kept requests, the encoded request. Returns the request's sequence.
-pub const APPEND: &str = r#"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('SET', KEYS[1], epoch)
-  redis.call('DEL', KEYS[2], KEYS[3])
-end
-local seq = redis.call('INCR', KEYS[2])
-local now = redis.call('TIME')
-local ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], string.format('%d-0', seq),
-  'm', ARGV[4], 't', ms)
-redis.call('PUBLISH', ARGV[1], epoch .. '.' .. string.format('%d', seq) .. ' ' .. ARGV[4])
-return seq
-"#;
-
-/// Reads where the cluster's history stands: its epoch (made from ARGV[1] when Redis has none),
-/// its last sequence, and the kept requests after ARGV[3] when ARGV[2] is the epoch (else the
-/// newest ARGV[4] of them, newest first). KEYS: epoch, sequence, stream.
-pub const SYNC: &str = r#"
+/// The first lines of both scripts: the epoch of the cluster's history, or (Redis has none:
+/// fresh, or restarted without its data) ARGV[1] as a new one, with the old sequence and
+/// stream dropped. KEYS: epoch, sequence, stream.
+macro_rules! epoch_lua {
+    () => {
+        "
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
   redis.call('DEL', KEYS[2], KEYS[3])
 end
-local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+"
+    };
+}
+
+/// Appends a request to the cluster's history and publishes it, atomically.
+/// KEYS: epoch, sequence, stream. ARGV: a fresh epoch (used when Redis has none), channel,
+/// most kept requests, the encoded request. Returns the request's sequence.
+pub const APPEND: &str = concat!(
+    epoch_lua!(),
+    r#"local seq = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+local ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], string.format('%d-0', seq),
+  'm', ARGV[4], 't', ms)
+redis.call('PUBLISH', ARGV[2], epoch .. '.' .. string.format('%d', seq) .. ' ' .. ARGV[4])
+return seq
+"#
+);
+
+/// Reads where the cluster's history stands: its epoch (made from ARGV[1] when Redis has none),
+/// its last sequence, and the kept requests after ARGV[3] when ARGV[2] is the epoch (else the
+/// newest ARGV[4] of them, newest first). KEYS: epoch, sequence, stream.
+pub const SYNC: &str = concat!(
+    epoch_lua!(),
+    r#"local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local entries
 if epoch == ARGV[2] then
   entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[3] .. '-0', '+')
@@ -92,7 +99,8 @@ else
   entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[4])
 end
 return {epoch, seq, entries}
-"#;
+"#
+);
 
 /// Encodes one request routed without history.
 pub fn encode(node: u64, tags_json: &str, payload_json: &str) -> Vec<u8> {
@@ -686,8 +694,8 @@ impl RedisBus {
                                 .arg(&publisher.append)
                                 .arg(3)
                                 .arg(&self.keys)
-                                .arg(&self.channel)
                                 .arg(&epoch)
+                                .arg(&self.channel)
                                 .arg(kept)
                                 .arg(&request.bytes)
                                 .ignore();
