@@ -180,9 +180,6 @@ async fn requests_are_refused_while_redis_is_down_and_served_again_after() {
         recv_close(&mut raw_sender).await,
         (1013, "cluster unavailable".to_owned())
     );
-    // Nothing refused was delivered.
-    assert_silent(&mut listener).await;
-
     redis.restart();
     wait_health(&a, 200, Duration::from_secs(15)).await;
     wait_health(&b, 200, Duration::from_secs(15)).await;
@@ -195,6 +192,7 @@ async fn requests_are_refused_while_redis_is_down_and_served_again_after() {
     let mut sender = envelope(&a.url).await;
     send_text(&mut sender, r#"{"id":2,"message":"back","tags":{"g":1}}"#).await;
     assert_eq!(recv_json(&mut sender).await["type"], "ack");
+    // Nothing refused was delivered, then or after: the listener's next frame is this one.
     assert_eq!(recv_text(&mut listener).await, r#""back""#);
 
     let metrics = http_get(a.addr, "/metrics", "").await.body;

@@ -81,7 +81,15 @@ async fn a_token_sets_the_tags_of_the_connection() {
         r#"{"delivered":1}"#
     );
     assert_eq!(recv_text(&mut listener).await, r#""for 42""#);
-    assert_silent(&mut other).await;
+    // User 7 got nothing: its next message is one sent to it after.
+    let for7 = format!(
+        r#"{{"message":"for 7","tags":{{"user":"7"}},"metadata":{{"key":"application1","secret":"{SECRET1}"}}}}"#
+    );
+    assert_eq!(
+        http_post(server.addr, "/publish", &for7).await.body.trim(),
+        r#"{"delivered":1}"#
+    );
+    assert_marker_next(&mut other, "for 7").await;
 
     // A browser offering only its token protocol gets it selected back.
     let mut request = server.url.as_str().into_client_request().unwrap();

@@ -17,8 +17,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
-/// How long a test waits to conclude that nothing arrives.
-pub const QUIET: Duration = Duration::from_millis(300);
 
 /// A raw WebSocket client.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -192,15 +190,6 @@ pub async fn recv_text(ws: &mut Ws) -> String {
 pub async fn recv_json(ws: &mut Ws) -> serde_json::Value {
     let text = recv_text(ws).await;
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON: {text}: {e}"))
-}
-
-/// Asserts that no data frame arrives for a while.
-pub async fn assert_silent(ws: &mut Ws) {
-    match tokio::time::timeout(QUIET, ws.next()).await {
-        Err(_) => {}
-        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-        Ok(other) => panic!("expected nothing, got {other:?}"),
-    }
 }
 
 /// Checks that nothing reached `ws` before a marker published now (over `/publish` on `addr`)
