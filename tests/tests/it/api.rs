@@ -100,7 +100,8 @@ async fn presence_counts_connections_by_tag_set_and_by_value() {
         (200, json!({"connections": 5, "partial": false}))
     );
     let room = encode(r#"{"room":"42"}"#);
-    let (_, in_room) = get(&server, &format!("/presence?tags={room}&by=user")).await;
+    let (status, in_room) = get(&server, &format!("/presence?tags={room}&by=user")).await;
+    assert_eq!(status, 200, "{in_room}");
     assert_eq!(
         in_room,
         json!({"connections": 3, "values": {"1": 2, "2": 1}, "truncated": false, "partial": false})
@@ -138,8 +139,11 @@ async fn disconnect_closes_matching_connections_with_4001() {
     );
     server.wait_connections(1).await;
     // The others stay, and the default reason names the server.
-    let (_, answer) = post(&server, "/disconnect", json!({"tags": {}})).await;
-    assert_eq!(answer["disconnected"], 1);
+    let (status, answer) = post(&server, "/disconnect", json!({"tags": {}})).await;
+    assert_eq!(
+        (status, answer),
+        (200, json!({"disconnected": 1, "partial": false}))
+    );
     assert_eq!(
         recv_close(&mut other).await,
         (4001, "disconnected by the server".to_owned())
@@ -203,29 +207,29 @@ async fn retag_moves_connections_and_tells_envelope_clients() {
     assert_nothing_before_marker(&mut stays, server.addr, json!({"room": 41})).await;
 
     // Unset, and a result over --max-tags leaves that connection as it was.
-    let (_, answer) = post(
+    let (status, answer) = post(
         &server,
         "/retag",
         json!({"tags": {"room": 43}, "set": {"lang": "fr"}, "unset": ["room"]}),
     )
     .await;
     assert_eq!(
-        answer,
-        json!({"retagged": 2, "refused": 0, "partial": false})
+        (status, answer),
+        (200, json!({"retagged": 2, "refused": 0, "partial": false}))
     );
     assert_eq!(
         recv_json(&mut mover).await["tags"],
         json!({"lang": "fr", "user": 1})
     );
-    let (_, answer) = post(
+    let (status, answer) = post(
         &server,
         "/retag",
         json!({"tags": {"lang": "fr"}, "set": {"a": 1, "b": 2}}),
     )
     .await;
     assert_eq!(
-        answer,
-        json!({"retagged": 0, "refused": 2, "partial": false})
+        (status, answer),
+        (200, json!({"retagged": 0, "refused": 2, "partial": false}))
     );
     let metrics = http_get(server.addr, "/metrics", "").await.body;
     assert_eq!(sample(&metrics, "tagcast_retags_total"), 4.0);
@@ -260,22 +264,25 @@ async fn history_pages_what_a_connection_would_have_received() {
     assert_eq!(page["pos"], messages[1]["pos"]);
     // The rest, from the position the page gave.
     let since = encode(page["pos"].as_str().unwrap());
-    let (_, rest) = get(&server, &format!("/history?tags={room1}&since={since}")).await;
+    let (status, rest) = get(&server, &format!("/history?tags={room1}&since={since}")).await;
+    assert_eq!(status, 200, "{rest}");
     let rest = rest["messages"].as_array().unwrap().clone();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0]["message"], "m3");
     // After a connection's cursor, for other tags; a connection without tags would have
     // received none of them.
     let room2 = encode(r#"{"room":2}"#);
-    let (_, two) = get(
+    let (status, two) = get(
         &server,
         &format!("/history?tags={room2}&since={}", encode(&start)),
     )
     .await;
+    assert_eq!(status, 200, "{two}");
     let two = two["messages"].as_array().unwrap().clone();
     assert_eq!(two.len(), 1);
     assert_eq!(two[0]["message"], "m1");
-    let (_, none) = get(&server, "/history").await;
+    let (status, none) = get(&server, "/history").await;
+    assert_eq!(status, 200, "{none}");
     assert_eq!(none["messages"], json!([]));
 
     assert_eq!(get(&server, "/history?limit=1001").await.0, 400);
@@ -417,6 +424,9 @@ async fn in_a_cluster_every_endpoint_covers_every_node_and_a_silent_node_makes_i
         "the 1 s bound"
     );
     // Once it answers again, the whole cluster is counted.
-    let (_, body) = get(&a, "/presence").await;
-    assert_eq!(body, json!({"connections": 1, "partial": false}));
+    let (status, body) = get(&a, "/presence").await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"connections": 1, "partial": false}))
+    );
 }

@@ -162,7 +162,9 @@ async fn metrics_move_with_traffic() {
     send_text(&mut sender, r#"{"id":2,"message":5}"#).await;
     assert_eq!(recv_json(&mut sender).await["code"], "bad_request");
     assert_eq!(refused(&server.url_with_tags("{bad")).await.0, 400);
-    http_post(server.addr, "/publish", r#"{"message":"h","tags":{"g":1}}"#).await;
+    let answer = http_post(server.addr, "/publish", r#"{"message":"h","tags":{"g":1}}"#).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(body(&answer), json!({"delivered": 1}));
     assert_eq!(recv_text(&mut a).await, r#""h""#);
 
     let after = http_get(server.addr, "/metrics", "").await.body;
@@ -206,12 +208,20 @@ async fn metrics_move_with_traffic() {
     assert_eq!(refused(&server.url).await.0, 503);
     let padding = "x".repeat(64 * 1024);
     for _ in 0..200 {
-        http_post(
+        let answer = http_post(
             server.addr,
             "/publish",
             &format!(r#"{{"message":"{padding}","tags":{{"slow":1}}}}"#),
         )
         .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        // 1 while the slow consumer is registered, 0 once it was dropped for falling behind.
+        let delivered = body(&answer)["delivered"].clone();
+        assert!(
+            delivered == json!(1) || delivered == json!(0),
+            "{}",
+            answer.body
+        );
         let text = http_get(server.addr, "/metrics", "").await.body;
         if sample(&text, "tagcast_slow_consumer_disconnects_total") == 1.0 {
             assert_eq!(

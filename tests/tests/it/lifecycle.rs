@@ -10,7 +10,6 @@ use super::util::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_server_closes_every_connection_with_1001() {
     let server = TestServer::start().await;
-    let addr = server.addr;
     let registry = server.registry.clone();
     let mut a = raw(&server.url).await;
     let mut b = envelope(&server.url).await;
@@ -25,9 +24,9 @@ async fn stopping_the_server_closes_every_connection_with_1001() {
         .await
         .expect("the server stops once its clients answered")
         .unwrap();
+    // `stop` returned Ok: `run` ended and dropped its listener. (Dialling the released port
+    // would prove nothing: another test may have bound it since.)
     assert_eq!(registry.len(), 0);
-    // Nobody listens any more.
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,12 +187,17 @@ async fn silent_peers_are_pinged_and_dropped_when_they_stop_answering() {
         "the idle peer's close frame"
     );
     server.wait_connections(1).await;
-    http_post(
+    let answer = http_post(
         server.addr,
         "/publish",
         r#"{"message":"still here","tags":{"g":1}}"#,
     )
     .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        answer.body, r#"{"delivered":1}"#,
+        "only the live client is left"
+    );
     let (text, pings) = reader.await.unwrap();
     assert_eq!(text, r#""still here""#);
     assert!(pings >= 2, "pings seen: {pings}");
