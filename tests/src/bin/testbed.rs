@@ -2,6 +2,12 @@
 //! it on the same address (for reconnect tests), and a TCP proxy in front of it whose
 //! connections can be cut while the server (and its history) stays up (for resume tests).
 //!
+//! The server's listening socket is bound once and kept open for the test bed's whole life
+//! (issue 17: a released port may be taken by anyone before it is bound again): each server run
+//! gets a clone of it. While the server is stopped, the kernel still completes connections to
+//! it; they wait in the listen backlog and the next run serves them (or they end when the test
+//! bed exits), so a stopped server looks slow, not refusing. `/cut` is for refusing.
+//!
 //! Prints three lines on stdout, `server ws://127.0.0.1:PORT`, `proxy ws://127.0.0.1:PORT` and
 //! `control http://127.0.0.1:PORT`, then serves until stdin closes. The server authorizes
 //! opening for anyone and sends with the applications of `AUTH_YAML` (so `unauthorized` can be
@@ -13,7 +19,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::{header, HeaderValue, Method};
 use axum::routing::post;
@@ -38,7 +43,8 @@ struct Running {
 }
 
 struct Testbed {
-    addr: SocketAddr,
+    /// The server's listening socket, bound once: every run serves a clone of it.
+    listener: std::net::TcpListener,
     running: Mutex<Option<Running>>,
 }
 
@@ -54,19 +60,12 @@ impl Testbed {
             .auth_manager(auth)
             .build()
             .map_err(|e| e.to_string())?;
-        // The port was just released by the previous server: retry briefly.
-        let mut tries = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(format!("cannot bind {}: {e}", self.addr)),
-            }
-        };
+        // A new descriptor for the same socket: the run closes it when it ends, the socket stays.
+        let listener = self
+            .listener
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| format!("cannot reuse the server's socket: {e}"))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(listener, async {
             let _ = stopped.await;
@@ -127,12 +126,12 @@ impl Proxy {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Reserve a port for the server, then release it for `start`.
-    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await?
-        .local_addr()?;
+    // The server's socket, for every run; non-blocking, as tokio needs (clones share the mode).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
     let testbed = Arc::new(Testbed {
-        addr,
+        listener,
         running: Mutex::new(None),
     });
     testbed.start().await?;
