@@ -411,7 +411,15 @@ async fn a_dropped_connection_resumes_with_what_it_missed() {
         1.0
     );
     wait_for(|| count(&log, "message") == 5, "m5").await;
-    sleep(200).await;
+    // A marker after m5: once it is here, so is anything the server sent before it (a replay
+    // twice, a second resumed event), and the log below is complete.
+    assert_eq!(
+        send(&publisher, "marker".into(), js(tags.clone()))
+            .await
+            .unwrap(),
+        1.0
+    );
+    wait_for(|| count(&log, "message") == 6, "the marker").await;
 
     let events: Vec<(String, serde_json::Value)> = log
         .borrow()
@@ -453,14 +461,22 @@ async fn a_dropped_connection_resumes_with_what_it_missed() {
             "m3",
             "m4",
             "resumed recovered=true missed=3",
-            "m5"
+            "m5",
+            "marker"
         ]
     );
     // The older callback gets the same messages, once each, with the position third.
     let legacy: Vec<String> = legacy.borrow().iter().map(|(m, _)| m.clone()).collect();
     assert_eq!(
         legacy,
-        [r#""m1""#, r#""m2""#, r#""m3""#, r#""m4""#, r#""m5""#]
+        [
+            r#""m1""#,
+            r#""m2""#,
+            r#""m3""#,
+            r#""m4""#,
+            r#""m5""#,
+            r#""marker""#
+        ]
     );
     client.close();
     publisher.close();
@@ -515,18 +531,26 @@ async fn handlers_come_and_go_and_throwing_ones_are_reported() {
     remove_thrower.call0(&JsValue::NULL).unwrap();
     remove_thrower.call0(&JsValue::NULL).unwrap(); // twice is harmless
     send(&client, "two".into(), js(tags.clone())).await.unwrap();
-    wait_for(|| count(&log, "message") == 2, "two").await;
-    sleep(100).await;
-    assert_eq!(count(&log, "error"), 3, "only the older callback threw");
+    // A later marker: once it is here, every error "two" could cause has been reported.
+    send(&client, "marker".into(), js(tags.clone()))
+        .await
+        .unwrap();
+    wait_for(|| count(&log, "message") == 3, "two, then the marker").await;
+    assert_eq!(
+        count(&log, "error"),
+        4,
+        "only the older callback threw, once for each of the two"
+    );
 
     removers[0].call0(&JsValue::NULL).unwrap();
     client.off("error", &thrower).unwrap(); // not there: nothing happens
     send(&client, "three".into(), js(tags.clone()))
         .await
         .unwrap();
-    sleep(300).await;
-    assert_eq!(count(&log, "message"), 2, "the message handler was removed");
-    assert_eq!(count(&log, "error"), 4);
+    // The older callback's throw is reported while "three" is handed to the handlers, before
+    // the `on` listeners (the same call): once it is here, a listener left would have run.
+    wait_for(|| count(&log, "error") == 5, "the older callback's throw").await;
+    assert_eq!(count(&log, "message"), 3, "the message handler was removed");
     client.close();
 }
 
