@@ -8,6 +8,13 @@ system call per delivery into the same 10,000 sockets, nothing else), in paired 
 Each pair runs Tagcast then the floor back to back under the same load (10,000 subscribers in
 100 groups, one request in flight, 3,000 requests of 64 bytes); the ratio of a pair is
 Tagcast's CPU per delivery over the floor's, and the median of the pairs is reported.
+
+With `--compare uring` (issue 16) a pair is the floor's plain mode then its `--io-uring` mode
+(one io_uring_enter per delivery instead of one write per recipient), written to
+bench/results-floor-uring.jsonl; the ratio is io_uring's CPU per delivery over the plain one's.
+
+    cargo build --release -p tagcast-bench --features io-uring
+    python3 bench/floor.py --compare uring
 """
 import argparse
 import json
@@ -23,7 +30,11 @@ RELEASE = os.path.join(ROOT, "target", "release")
 SERVERS = {
     "tagcast": [os.path.join(RELEASE, "tagcast"), "serve", "--host", "127.0.0.1", "--port", "0"],
     "floor": [os.path.join(RELEASE, "tagcast-floor"), "--host", "127.0.0.1", "--port", "0"],
+    "floor-uring": [os.path.join(RELEASE, "tagcast-floor"), "--host", "127.0.0.1", "--port", "0",
+                    "--io-uring"],
 }
+# What each comparison pairs: (measured, reference); the ratio is measured over reference.
+COMPARE = {"tagcast": ("tagcast", "floor"), "uring": ("floor-uring", "floor")}
 LOAD = ["--subscribers", "10000", "--groups", "100", "--in-flight", "1", "--messages", "3000",
         "--payload", "64"]
 
@@ -45,23 +56,36 @@ def one(kind):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results-floor.jsonl"))
+    parser.add_argument("--compare", choices=sorted(COMPARE), default="tagcast",
+                        help="tagcast: Tagcast against the floor; uring: the floor's io_uring "
+                             "mode against its plain one")
+    parser.add_argument("--out")
     opts = parser.parse_args()
-    ratios = []
-    with open(opts.out, "w") as f:
+    measured, reference = COMPARE[opts.compare]
+    out = opts.out or os.path.join(
+        ROOT, "bench", "results-floor.jsonl" if opts.compare == "tagcast"
+        else "results-floor-uring.jsonl")
+    ratios, rates = [], {measured: [], reference: []}
+    # Tagcast is run before the floor; the plain floor before its io_uring mode.
+    order = (measured, reference) if opts.compare == "tagcast" else (reference, measured)
+    with open(out, "w") as f:
         for run in range(opts.runs):
-            pair = {kind: one(kind) for kind in ("tagcast", "floor")}
-            for result in pair.values():
+            pair = {kind: one(kind) for kind in order}
+            for kind, result in pair.items():
                 result["run"] = run
                 f.write(json.dumps(result) + "\n")
-            t, fl = (pair[k]["server_cpu_us_per_delivery"] for k in ("tagcast", "floor"))
-            ratios.append(t / fl)
+                rates[kind].append(result["deliveries_per_sec"])
+            m, r = (pair[k]["server_cpu_us_per_delivery"] for k in (measured, reference))
+            ratios.append(m / r)
             lost = sum(pair[k]["lost"] + pair[k]["duplicates"] for k in pair)
-            print(f"run {run}: tagcast {t} us/delivery ({pair['tagcast']['deliveries_per_sec']:.0f}/s), "
-                  f"floor {fl} us/delivery ({pair['floor']['deliveries_per_sec']:.0f}/s): "
-                  f"{t / fl:.2f}x, {lost} lost or duplicated", flush=True)
-    print(f"median of {len(ratios)} pairs: Tagcast's CPU per delivery is "
-          f"{statistics.median(ratios):.2f}x the floor's (min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+            print(f"run {run}: {measured} {m} us/delivery ({pair[measured]['deliveries_per_sec']:.0f}/s), "
+                  f"{reference} {r} us/delivery ({pair[reference]['deliveries_per_sec']:.0f}/s): "
+                  f"{m / r:.2f}x, {lost} lost or duplicated", flush=True)
+    print(f"median of {len(ratios)} pairs: {measured}'s CPU per delivery is "
+          f"{statistics.median(ratios):.2f}x {reference}'s (min {min(ratios):.2f}x, "
+          f"max {max(ratios):.2f}x); median deliveries/s: {measured} "
+          f"{statistics.median(rates[measured]):.0f}, {reference} "
+          f"{statistics.median(rates[reference]):.0f}")
 
 
 if __name__ == "__main__":
