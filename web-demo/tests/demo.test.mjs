@@ -16,9 +16,9 @@ let base;
 let browser;
 
 /** Starts `tagcast serve` on an OS-picked port and resolves with its address. */
-function serve(args, port = "0") {
+function serve(args) {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", port, ...args], {
+    const child = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", "0", ...args], {
       stdio: ["ignore", "ignore", "pipe"],
     });
     let log = "";
@@ -115,18 +115,24 @@ test("the original docs' plain JavaScript still works", async () => {
 });
 
 test("panes show a server that went away, and come back when it returns", async () => {
+  // The page reaches the server through a proxy on a port of its own, switched to the new
+  // server: a port the stopped server released is never expected to stay free (issue 17).
   const own = await serve(["--static", join(root, "web-demo")]);
-  const port = own.addr.split(":").pop();
+  const proxy = await proxyTo(own.addr);
   const page = await browser.newPage();
-  await page.goto(`http://${own.addr}/`);
-  await page.waitForFunction(() => document.querySelectorAll('.pane[data-state="open"]').length === 3);
-  own.child.kill("SIGTERM");
-  await own.child.exited;
-  await page.waitForFunction(() =>
-    document.querySelectorAll('.pane[data-state="reconnecting"]').length === 3, null, { timeout: 10000 });
-  assert.match(await page.textContent('[data-testid="pane-1"] .error'), /Server gone: reconnecting/);
-  const again = await serve(["--static", join(root, "web-demo")], port);
+  let again;
   try {
+    await page.goto(`${base}/?server=ws://${proxy.addr}`);
+    await page.waitForFunction(() => document.querySelectorAll('.pane[data-state="open"]').length === 3);
+    // Nothing behind the proxy until the new server is up: new connections are dropped.
+    proxy.to(null);
+    own.child.kill("SIGTERM");
+    await own.child.exited;
+    await page.waitForFunction(() =>
+      document.querySelectorAll('.pane[data-state="reconnecting"]').length === 3, null, { timeout: 10000 });
+    assert.match(await page.textContent('[data-testid="pane-1"] .error'), /Server gone: reconnecting/);
+    again = await serve(["--static", join(root, "web-demo")]);
+    proxy.to(again.addr);
     await page.waitForFunction(() =>
       document.querySelectorAll('.pane[data-state="open"]').length === 3, null, { timeout: 15000 });
     assert.equal(await page.textContent('[data-testid="pane-1"] .error'), "");
@@ -135,8 +141,10 @@ test("panes show a server that went away, and come back when it returns", async 
       document.querySelectorAll('[data-testid="resume"]:not([hidden])').length === 3);
     assert.deepEqual(await badges(page), ["not recovered", "not recovered", "not recovered"]);
   } finally {
-    again.child.kill("SIGTERM");
+    own.child.kill("SIGTERM");
+    again?.child.kill("SIGTERM");
     await page.close();
+    proxy.close();
   }
 });
 
@@ -147,15 +155,16 @@ function badges(page) {
 
 /**
  * A TCP proxy to `upstream` ("host:port"): `cut()` ends every connection through it (no close
- * frame) and refuses new ones until `mend()`, while the server and its history stay up.
+ * frame) and refuses new ones until `mend()`, while the server and its history stay up;
+ * `to(other)` sends new connections to another upstream (`null`: none, they are dropped).
  */
 async function proxyTo(upstream) {
-  const [host, port] = [upstream.slice(0, upstream.lastIndexOf(":")), upstream.split(":").pop()];
   const sockets = new Set();
   let refusing = false;
   const server = createServer((down) => {
-    if (refusing) return down.destroy();
-    const up = tcpConnect(Number(port), host);
+    if (refusing || upstream === null) return down.destroy();
+    const at = upstream.lastIndexOf(":");
+    const up = tcpConnect(Number(upstream.slice(at + 1)), upstream.slice(0, at));
     for (const [a, b] of [[down, up], [up, down]]) {
       sockets.add(a);
       a.pipe(b);
@@ -166,6 +175,7 @@ async function proxyTo(upstream) {
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
   return {
     addr: `127.0.0.1:${server.address().port}`,
+    to(other) { upstream = other; },
     cut() { refusing = true; for (const s of sockets) s.destroy(); },
     mend() { refusing = false; },
     close() { this.cut(); server.close(); },
