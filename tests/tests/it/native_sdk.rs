@@ -76,29 +76,31 @@ async fn assert_over(client: &WebSocketClient) {
 }
 
 /// A server that can be stopped and started again on the same address (a restart, for
-/// reconnects); `TestServer` always takes a fresh port.
+/// reconnects); `TestServer` always takes a fresh port. The listening socket is bound once and
+/// kept across the restart (each run gets a clone of it), so the port is never released for
+/// another test to take while the node is down; connections made meanwhile wait in its backlog
+/// for the next run.
 struct Node {
     addr: SocketAddr,
+    socket: std::net::TcpListener,
     registry: std::sync::Arc<tagcast_server::registry::Registry>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Node {
-    async fn start(addr: SocketAddr, config: Config) -> Node {
+    /// A node on a port the OS picks.
+    async fn start(config: Config) -> Node {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        Node::start_on(socket, config)
+    }
+
+    /// A node on `socket`, the one a stopped node gave back.
+    fn start_on(socket: std::net::TcpListener, config: Config) -> Node {
         let server = Server::builder().config(config).build().unwrap();
-        // The port of a node just stopped may take a moment to be free again.
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => break listener,
-                Err(e) => {
-                    assert!(tokio::time::Instant::now() < deadline, "bind {addr}: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
-        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(socket.try_clone().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
         let registry = server.registry();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(listener, async {
@@ -106,6 +108,7 @@ impl Node {
         }));
         Node {
             addr,
+            socket,
             registry,
             stop,
             task,
@@ -116,13 +119,15 @@ impl Node {
         format!("ws://{}", self.addr)
     }
 
-    async fn stop(self) {
+    /// Stops the node and gives back its listening socket, still bound, for a restart.
+    async fn stop(self) -> std::net::TcpListener {
         let _ = self.stop.send(());
         tokio::time::timeout(WAIT, self.task)
             .await
             .expect("the node stops in time")
             .unwrap()
             .unwrap();
+        self.socket
     }
 
     async fn wait_connections(&self, n: usize) {
@@ -356,7 +361,7 @@ async fn reconnecting_stops_after_4001() {
 /// client was away) ends the client with the status and reason, instead of retrying forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_stops_at_a_401_refusal() {
-    let node = Node::start("127.0.0.1:0".parse().unwrap(), signed_config(AUTH_YAML)).await;
+    let node = Node::start(signed_config(AUTH_YAML)).await;
     let client = WebSocketClient::builder(node.url())
         .token(token(&Tags::new().with("user", 42)))
         .reconnect(fast())
@@ -364,14 +369,13 @@ async fn reconnecting_stops_at_a_401_refusal() {
         .await
         .unwrap();
     node.wait_connections(1).await;
-    let addr = node.addr;
-    node.stop().await;
+    let socket = node.stop().await;
     match next_event(&client).await {
         Event::Disconnected { code, .. } => assert_eq!(code, Some(Close::GOING_AWAY)),
         other => panic!("expected the drop, got {other:?}"),
     }
     let rotated = AUTH_YAML.replace(SECRET2, "a-new-secret-for-application2-xyz");
-    let node = Node::start(addr, signed_config(&rotated)).await;
+    let node = Node::start_on(socket, signed_config(&rotated));
     match next_event(&client).await {
         Event::Ended(Error::Refused { status, reason }) => {
             assert_eq!(status, 401);
@@ -489,13 +493,10 @@ async fn set_tags_changes_which_messages_arrive_at_the_answer() {
 /// reconnect opens with the tags and the token of the last accepted change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_tags_refusals_tokens_and_the_next_reconnect() {
-    let node = Node::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Config {
-            max_tags: 2,
-            ..signed_config(AUTH_YAML)
-        },
-    )
+    let node = Node::start(Config {
+        max_tags: 2,
+        ..signed_config(AUTH_YAML)
+    })
     .await;
     let api = api(&node.url());
     let (room1, room2) = (
@@ -557,20 +558,18 @@ async fn set_tags_refusals_tokens_and_the_next_reconnect() {
 
     // A restart: the client comes back with room 2 and the newer token (the first token
     // would not allow room 2: the handshake would be refused with `subset`).
-    let addr = node.addr;
-    node.stop().await;
+    let socket = node.stop().await;
     assert!(matches!(
         next_event(&client).await,
         Event::Disconnected { .. }
     ));
-    let node = Node::start(
-        addr,
+    let node = Node::start_on(
+        socket,
         Config {
             max_tags: 2,
             ..signed_config(AUTH_YAML)
         },
-    )
-    .await;
+    );
     assert!(matches!(next_event(&client).await, Event::Resumed { .. }));
     node.wait_connections(1).await;
     let api = self::api(&node.url());
@@ -681,4 +680,311 @@ async fn the_readme_example_listens_with_a_token_and_ends_at_4001() {
         .expect("the example ends after the disconnect");
     listened.unwrap();
     assert_eq!(*log.lock().unwrap(), [r#""to 42""#, "logged out: bye"]);
+}
+
+/// `--auth` with `--authorize-open false`: what the SDK's credentials and default metadata
+/// are for.
+fn auth_config() -> Config {
+    Config {
+        auth_file: Some(temp_file("auth.yml", AUTH_YAML)),
+        authorize_open: false,
+        ..Config::default()
+    }
+}
+
+fn metadata(key: &str, secret: &str) -> tagcast::Metadata {
+    let mut metadata = tagcast::Metadata::new();
+    metadata.insert("key".into(), key.into());
+    metadata.insert("secret".into(), secret.into());
+    metadata
+}
+
+/// `result` is the server's `unauthorized` refusal of a send.
+async fn assert_unauthorized(result: Result<u64, Error>) {
+    match result {
+        Err(Error::Rejected {
+            code: ErrorCode::Unauthorized,
+            message,
+        }) => assert!(!message.is_empty()),
+        other => panic!("expected an unauthorized rejection, got {other:?}"),
+    }
+}
+
+/// README "The Rust SDK": `ClientBuilder::credentials` opens with an application's key and
+/// secret (application2 may not open with its key alone) and authorizes every send; default
+/// metadata authorizes sends too, merged under each request's own (the request wins); a send
+/// without them is `Error::Rejected { code: Unauthorized }` and the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_default_metadata_authorize_sends_under_auth() {
+    let server = TestServer::with_config(auth_config()).await;
+    let room = Tags::new().with("room", "auth");
+    let mut listener = raw(&format!(
+        "{}/?key=application1&tags={}",
+        server.url,
+        encode(r#"{"room":"auth"}"#)
+    ))
+    .await;
+
+    // Without its secret application2 cannot open; with `credentials` it opens and sends.
+    let refused = WebSocketClient::builder(&server.url)
+        .query("key", "application2")
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(401), "{refused:?}");
+    let with_credentials = WebSocketClient::builder(&server.url)
+        .credentials("application2", SECRET2)
+        .connect()
+        .await
+        .unwrap();
+    let request = || WebSocketRequest::new("from credentials").with_tags(room.clone());
+    assert_eq!(with_credentials.send(request()).await.unwrap(), 1);
+    assert_eq!(recv_text(&mut listener).await, r#""from credentials""#);
+    // The request's own metadata wins over the credentials' defaults.
+    assert_unauthorized(
+        with_credentials
+            .send(request().with_metadata(metadata("application2", "not-the-secret")))
+            .await,
+    )
+    .await;
+
+    // application1 opens with its key alone (authorizeOpen true), but its sends need metadata.
+    let bare = WebSocketClient::builder(&server.url)
+        .query("key", "application1")
+        .connect()
+        .await
+        .unwrap();
+    assert_unauthorized(bare.send(request()).await).await;
+    // Still open after the refusal: a send with the metadata in the request goes through.
+    let authorized = request().with_metadata(metadata("application1", SECRET1));
+    assert_eq!(bare.send(authorized).await.unwrap(), 1);
+    assert_eq!(recv_text(&mut listener).await, r#""from credentials""#);
+
+    // Default metadata: every send carries it; a request's own entry replaces one of it.
+    let defaults = WebSocketClient::builder(&server.url)
+        .query("key", "application1")
+        .default_metadata(metadata("application1", SECRET1))
+        .connect()
+        .await
+        .unwrap();
+    let request = WebSocketRequest::new("from defaults").with_tags(room.clone());
+    assert_eq!(defaults.send(request.clone()).await.unwrap(), 1);
+    assert_eq!(recv_text(&mut listener).await, r#""from defaults""#);
+    assert_unauthorized(
+        defaults
+            .send(request.clone().with_meta("secret", "not-the-secret"))
+            .await,
+    )
+    .await;
+    // A wrong default secret is fixed by the request's own.
+    let wrong_default = WebSocketClient::builder(&server.url)
+        .query("key", "application1")
+        .default_metadata(metadata("application1", "not-the-secret"))
+        .connect()
+        .await
+        .unwrap();
+    assert_unauthorized(wrong_default.send(request.clone()).await).await;
+    let fixed = request.with_meta("secret", SECRET1);
+    assert_eq!(wrong_default.send(fixed).await.unwrap(), 1);
+    assert_eq!(recv_text(&mut listener).await, r#""from defaults""#);
+    // Nothing refused reached the listener: the next thing it gets is a marker.
+    assert_nothing_before_marker_with(&mut listener, &server, "auth").await;
+
+    for client in [with_credentials, bare, defaults, wrong_default] {
+        client.close().await;
+    }
+}
+
+/// A marker published over `/publish` with application1's credentials (the server has
+/// `--auth`) to `{"room": room}` is the next thing `ws` gets.
+async fn assert_nothing_before_marker_with(ws: &mut Ws, server: &TestServer, room: &str) {
+    let body = serde_json::json!({
+        "message": "marker",
+        "tags": {"room": room},
+        "metadata": {"key": "application1", "secret": SECRET1},
+    });
+    let answer = http_post(server.addr, "/publish", &body.to_string()).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"delivered":1}"#)
+    );
+    assert_marker_next(ws, "marker").await;
+}
+
+/// README "The Rust SDK": default tags are merged under each request's own (the request wins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_tags_are_merged_under_the_requests_own() {
+    let server = TestServer::start().await;
+    let mut a = raw(&server.url_with_tags(r#"{"room":"a","lang":"fr"}"#)).await;
+    let mut b = raw(&server.url_with_tags(r#"{"room":"b","lang":"fr"}"#)).await;
+    let client = WebSocketClient::builder(&server.url)
+        .tags(Tags::new().with("room", "sender"))
+        .default_tags(Tags::new().with("room", "a"))
+        .connect()
+        .await
+        .unwrap();
+    server.wait_connections(3).await;
+    // No tags of its own: the default room.
+    assert_eq!(
+        client.send(WebSocketRequest::new("default")).await.unwrap(),
+        1
+    );
+    assert_eq!(recv_text(&mut a).await, r#""default""#);
+    // Its own room wins, its other tags are added to the default's.
+    let own = Tags::new().with("room", "b").with("lang", "fr");
+    let request = WebSocketRequest::new("own").with_tags(own);
+    assert_eq!(client.send(request).await.unwrap(), 1);
+    assert_eq!(recv_text(&mut b).await, r#""own""#);
+    assert_nothing_before_marker(&mut a, server.addr, serde_json::json!({"room": "a"})).await;
+    client.close().await;
+}
+
+/// README "The Rust SDK": `client.messages()` and `client.events()` are streams; a reconnecting
+/// client's events are the messages, `Disconnected`, `Resumed` and, when the server means it
+/// (4001), `Ended`, in order, and then both streams end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_and_events_are_streams_that_end_with_the_client() {
+    use futures_util::StreamExt;
+    let node = Node::start(api_config()).await;
+    let room = Tags::new().with("room", "streams");
+    let client = WebSocketClient::builder(node.url())
+        .tags(room.clone())
+        .reconnect(fast())
+        .connect()
+        .await
+        .unwrap();
+    node.wait_connections(1).await;
+    let api = api(&node.url());
+    for text in ["m1", "m2", "m3"] {
+        assert_eq!(publish(&api, text, &room).await, 1);
+    }
+    let messages = std::pin::pin!(client.messages());
+    let got = tokio::time::timeout(
+        WAIT,
+        messages.take(3).map(|m| m.message).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("three messages in time");
+    assert_eq!(got, ["m1", "m2", "m3"]);
+
+    let mut events = std::pin::pin!(client.events());
+    let socket = node.stop().await;
+    match next_in(&mut events).await {
+        Some(Event::Disconnected { code, .. }) => assert_eq!(code, Some(Close::GOING_AWAY)),
+        other => panic!("expected the drop, got {other:?}"),
+    }
+    let node = Node::start_on(socket, api_config());
+    assert_eq!(
+        next_in(&mut events).await,
+        Some(Event::Resumed {
+            recovered: false,
+            missed: 0
+        })
+    );
+    let api = self::api(&node.url());
+    assert_eq!(publish(&api, "back", &room).await, 1);
+    match next_in(&mut events).await {
+        Some(Event::Message(received)) => {
+            assert_eq!(received.message, "back");
+            assert_eq!(received.tags, room);
+        }
+        other => panic!("expected the message, got {other:?}"),
+    }
+    assert_eq!(api.disconnect(&room, Some("bye")).await.unwrap(), 1);
+    assert_eq!(
+        next_in(&mut events).await,
+        Some(Event::Ended(Error::Closed(Close {
+            code: Some(Close::DISCONNECTED),
+            reason: "bye".into()
+        })))
+    );
+    assert_eq!(
+        next_in(&mut events).await,
+        None,
+        "the events end with the client"
+    );
+    let after = tokio::time::timeout(WAIT, std::pin::pin!(client.messages()).next()).await;
+    assert_eq!(after.expect("at once"), None, "so do the messages");
+    node.stop().await;
+}
+
+async fn next_in<S: futures_util::Stream<Item = Event> + Unpin>(events: &mut S) -> Option<Event> {
+    tokio::time::timeout(WAIT, futures_util::StreamExt::next(events))
+        .await
+        .expect("an event in time")
+}
+
+/// README "The Rust SDK": a send over `--rate-limit` is `Error::Rejected { code: RateLimited }`
+/// and the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_over_the_rate_limit_is_rejected_with_rate_limited() {
+    let server = TestServer::with_config(Config {
+        rate_limit: Some(1),
+        ..Config::default()
+    })
+    .await;
+    let room = Tags::new().with("room", "limited");
+    let client = WebSocketClient::connect(&server.url, room.clone())
+        .await
+        .unwrap();
+    // Five at once against one per second (burst 1): the first goes, the others are refused.
+    let sends = (0..5).map(|i| client.send(WebSocketRequest::new(format!("s{i}"))));
+    let results = futures_util::future::join_all(sends).await;
+    let (sent, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    assert_eq!(sent.len(), 1, "{sent:?} {refused:?}");
+    for error in refused {
+        match error {
+            Err(Error::Rejected {
+                code: ErrorCode::RateLimited,
+                message,
+            }) => assert!(!message.is_empty()),
+            other => panic!("expected rate_limited, got {other:?}"),
+        }
+    }
+    // The connection stays open: what was sent came, then a message published to it.
+    assert_eq!(next_message(&client).await, "s0");
+    let marker = publish_marker(server.addr, serde_json::json!({"room": "limited"})).await;
+    assert_eq!(next_message(&client).await, marker.as_str());
+    assert_eq!(client.ended(), None);
+    client.close().await;
+}
+
+/// README "The Rust SDK" and "Clusters": a send on a node whose Redis is down is
+/// `Error::Rejected { code: Unavailable }`, which is not final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_while_redis_is_down_is_rejected_with_unavailable() {
+    let mut redis = RedisServer::start();
+    let server = TestServer::with_config(Config {
+        redis: Some(redis.url()),
+        redis_channel: "sdk-unavailable".into(),
+        ..Config::default()
+    })
+    .await;
+    let room = Tags::new().with("room", "down");
+    let client = WebSocketClient::connect(&server.url, room.clone())
+        .await
+        .unwrap();
+    let request = || WebSocketRequest::new("hello").with_tags(room.clone());
+    assert_eq!(client.send(request()).await.unwrap(), 1);
+    assert_eq!(next_message(&client).await, "hello");
+
+    redis.kill();
+    // The node notices (its /healthz says 503), then refuses instead of dropping.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while http_get(server.addr, "/healthz", "").await.status != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "never 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let error = client.send(request()).await.unwrap_err();
+    match &error {
+        Error::Rejected {
+            code: ErrorCode::Unavailable,
+            message,
+        } => assert!(!message.is_empty()),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable));
+    assert!(!error.is_final(), "worth retrying later");
+    assert_eq!(client.ended(), None, "the connection stays open");
+    client.close().await;
 }
