@@ -159,9 +159,20 @@ after(async () => {
   rmSync(scratch, { recursive: true, force: true });
 });
 
-/** Opens the built application (with `query`) and waits until it initialized the package. */
+/** The `.wasm` requests `page` makes from now on (URLs, pushed as they are made). */
+function wasmRequests(page) {
+  const urls = [];
+  page.on("request", (r) => new URL(r.url()).pathname.endsWith(".wasm") && urls.push(r.url()));
+  return urls;
+}
+
+/**
+ * Opens the built application (with `query`) and waits until it initialized the package;
+ * `wasm` lists the page's `.wasm` requests.
+ */
 async function openApp(query = "") {
   const page = await browser.newPage();
+  const wasm = wasmRequests(page);
   const problems = [];
   page.on("pageerror", (e) => problems.push(e.message));
   // Chromium logs each refused WebSocket handshake (a retry while a proxy refuses): not a problem.
@@ -169,7 +180,7 @@ async function openApp(query = "") {
     problems.push(m.text()));
   await page.goto(`${main.http}/${query}`);
   await page.waitForFunction(() => document.body.dataset.ready === "true", null, { timeout: 10000 });
-  return { page, problems };
+  return { page, problems, wasm };
 }
 
 test("the types compile with tsc --strict against a typed usage file and the README's examples", { timeout: 60000 }, () => {
@@ -188,10 +199,13 @@ test("the types compile with tsc --strict against a typed usage file and the REA
 
 test("the Vite application sends and receives through the published package", { timeout: 60000 }, async () => {
   const tags = JSON.stringify({ room: "vite" });
-  const { page, problems } = await openApp(`?server=${main.ws}&tags=${encodeURIComponent(tags)}`);
+  const { page, problems, wasm } = await openApp(`?server=${main.ws}&tags=${encodeURIComponent(tags)}`);
   await page.waitForFunction(() => document.getElementById("state").textContent === "open");
   const result = await page.evaluate(async (url) => {
-    const { connect, TagcastError } = window.tagcast;
+    const { connect, init, TagcastError } = window.tagcast;
+    // init() again, at once and later, as a module that cannot know the application did: the
+    // package is loaded once all the same (checked below).
+    await Promise.all([init(), init()]);
     const sender = await connect(url);
     const { delivered } = await sender.send("Bonjour de Vite", { room: "vite" });
     let error;
@@ -206,9 +220,10 @@ test("the Vite application sends and receives through the published package", { 
   assert.deepEqual(result, { delivered: 1, isClass: true, error: ["TagcastError", "bad_request", true] });
   await page.waitForFunction(() => document.querySelectorAll("#messages li").length === 1);
   assert.equal(await page.textContent("#messages li"), '"Bonjour de Vite" {"room":"vite"}');
-  // The bundle fetched its .wasm as a Vite asset.
-  const wasm = readdirSync(join(app, "dist", "assets")).filter((f) => f.endsWith(".wasm"));
-  assert.equal(wasm.length, 1);
+  // The bundle fetched its .wasm as a Vite asset, once, though init() and connect() ran again.
+  const assets = readdirSync(join(app, "dist", "assets")).filter((f) => f.endsWith(".wasm"));
+  assert.equal(assets.length, 1);
+  assert.deepEqual(wasm, [`${main.http}/assets/${assets[0]}`], "the .wasm fetched once");
   assert.deepEqual(problems, []);
   await page.close();
 });
@@ -219,6 +234,7 @@ test("the Vite dev server serves the package too (optimizeDeps.exclude, as the R
   const dev = await createVite({ root: app, logLevel: "silent", server: { host: "127.0.0.1", strictPort: false } });
   await dev.listen();
   const page = await browser.newPage();
+  const wasm = wasmRequests(page);
   const problems = [];
   page.on("pageerror", (e) => problems.push(e.message));
   page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
@@ -230,6 +246,7 @@ test("the Vite dev server serves the package too (optimizeDeps.exclude, as the R
     assert.deepEqual(delivered, { delivered: 1 });
     await page.waitForFunction(() => document.querySelectorAll("#messages li").length === 1);
     assert.equal(await page.textContent("#messages li"), '"from the dev server" {"room":"dev"}');
+    assert.equal(wasm.length, 1, `the .wasm fetched once: ${wasm.join(", ")}`);
     assert.deepEqual(problems, []);
   } finally {
     await page.close();
@@ -240,7 +257,7 @@ test("the Vite dev server serves the package too (optimizeDeps.exclude, as the R
 test("every README example runs against a real server", { timeout: 60000 }, async () => {
   const blocks = readmeBlocks("js");
   assert.ok(blocks.length >= 5, `${blocks.length} blocks`);
-  const { page, problems } = await openApp();
+  const { page, problems, wasm } = await openApp();
   for (const [i, block] of blocks.entries()) {
     // The package's imports become the application's bundled module, the server a real one.
     const code = block
@@ -251,6 +268,8 @@ test("every README example runs against a real server", { timeout: 60000 }, asyn
     await page.evaluate((code) => new (Object.getPrototypeOf(async () => {}).constructor)(code)(), code)
       .catch((e) => assert.fail(`README block ${i + 1} failed: ${e.message}\n${block}`));
   }
+  // Each block calls init() after the application did: "once", as the README says.
+  assert.equal(wasm.length, 1, `the .wasm fetched once: ${wasm.join(", ")}`);
   assert.deepEqual(problems, []);
   await page.close();
 
@@ -259,12 +278,14 @@ test("every README example runs against a real server", { timeout: 60000 }, asyn
   writeFileSync(join(app, "plain.html"), html.replaceAll("ws://localhost:8080", main.ws));
   const plain = await serve(["--static", app]);
   const other = await browser.newPage();
+  const plainWasm = wasmRequests(other);
   const errors = [];
   other.on("pageerror", (e) => errors.push(e.message));
   other.on("console", (m) => m.type() === "error" && errors.push(m.text()));
   await other.goto(`${plain.http}/plain.html`);
   await other.waitForFunction(() => document.querySelectorAll("#messages li").length === 1, null, { timeout: 10000 });
   assert.equal(await other.textContent("#messages li"), "Bonjour !");
+  assert.deepEqual(plainWasm, [`${plain.http}/node_modules/tagcast/tagcast_bg.wasm`]);
   assert.deepEqual(errors, []);
   await other.close();
   plain.child.kill("SIGTERM");
@@ -535,18 +556,37 @@ test("unavailable: a cluster node whose Redis went down refuses sends, the conne
   const dir = mkdtempSync(join(scratch, "redis-"));
   const socket = join(dir, "redis.sock");
   const redis = spawn("redis-server", ["--port", "0", "--unixsocket", socket, "--save", "", "--appendonly", "no", "--dir", dir],
-    { stdio: "ignore" });
+    { stdio: ["ignore", "pipe", "pipe"] });
   children.add(redis);
-  const redisExited = new Promise((resolve) => redis.on("exit", resolve));
+  let redisLog = "";
+  redis.stdout.on("data", (chunk) => (redisLog += chunk));
+  redis.stderr.on("data", (chunk) => (redisLog += chunk));
+  // Settles when redis-server ends (or could not start), saying how.
+  const redisEnded = new Promise((resolve) => {
+    redis.on("error", (e) => resolve(`could not start: ${e.message}`));
+    redis.on("exit", (code, signal) => resolve(`exited with ${signal ?? code}`));
+  });
+  const redisFailed = redisEnded.then((how) => {
+    throw new Error(`redis-server ${how} before the node connected to it:\n${redisLog}`);
+  });
+  redisFailed.catch(() => {}); // awaited below only while the node starts
+  let redisGone = false;
+  redisEnded.then(() => (redisGone = true));
   try {
-    const server = await until(() => serve(["--auth", authFile, "--redis", `redis+unix://${socket}`]).catch(() => null), "redis and the node");
+    // The node's attempts fail until Redis listens; a redis-server that ended fails the test at
+    // once, saying so, instead of a retrying loop's timeout (which stops trying too).
+    const server = await Promise.race([
+      until(() => redisGone ? redisFailed : serve(["--auth", authFile, "--redis", `redis+unix://${socket}`]).catch(() => null),
+        "redis and the node"),
+      redisFailed,
+    ]);
     const { page } = await openApp();
     await page.evaluate(async ({ url, credentials }) => {
       window.clusterClient = await window.tagcast.connect(url, {}, { defaultMetadata: credentials });
       await window.clusterClient.send("while redis is up");
     }, { url: server.ws, credentials: CREDENTIALS });
     redis.kill("SIGKILL");
-    await redisExited;
+    await redisEnded;
     await until(async () => (await fetch(`${server.http}/healthz`)).status === 503, "/healthz 503");
     const refused = await page.evaluate(() => window.clusterClient.send("lost?").catch((e) => [e.code, e.name]));
     assert.deepEqual(refused, ["unavailable", "TagcastError"]);
