@@ -249,20 +249,64 @@ pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
     }
 }
 
-/// The `tagcast` binary, built by the test command before the tests (`cargo build --bins`).
+/// The `tagcast` binary, built once per test process by `cargo build -p tagcast-server --bin
+/// tagcast` (the `CARGO` that runs the tests, in their profile and target folder), so the CLI
+/// tests never run a stale binary left over from an earlier build. A failed build fails every
+/// test that needs the binary, with cargo's stderr.
 pub fn tagcast_bin() -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        // The test binary is TARGET/PROFILE/deps/integration-HASH.
+        let mut dir = std::env::current_exe().map_err(|e| e.to_string())?;
         dir.pop();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let profile = dir
+            .file_name()
+            .and_then(|p| p.to_str())
+            .ok_or_else(|| format!("no profile folder in {}", dir.display()))?
+            .to_owned();
+        let target_dir = dir
+            .parent()
+            .ok_or_else(|| format!("no target folder above {}", dir.display()))?;
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = std::process::Command::new(&cargo);
+        build
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .args(["build", "-p", "tagcast-server", "--bin", "tagcast"])
+            .arg("--target-dir")
+            .arg(target_dir);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                build.arg("--release");
+            }
+            other => {
+                build.args(["--profile", other]);
+            }
+        }
+        let output = build
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", cargo.to_string_lossy()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "`cargo build -p tagcast-server --bin tagcast` failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let bin = dir.join(format!("tagcast{}", std::env::consts::EXE_SUFFIX));
+        if !bin.exists() {
+            return Err(format!("cargo built, but {} is missing", bin.display()));
+        }
+        Ok(bin)
+    });
+    match built {
+        Ok(bin) => bin.clone(),
+        Err(e) => panic!("{e}"),
     }
-    let bin = dir.join(format!("tagcast{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first with `cargo build -p tagcast-server` (the README's test command does)",
-        bin.display()
-    );
-    bin
 }
 
 /// Writes `content` to a fresh temporary file and returns its path.
