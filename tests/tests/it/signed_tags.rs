@@ -145,6 +145,17 @@ async fn every_refusal_says_which_check_failed() {
         (
             format!(
                 "token={}",
+                jwt(
+                    &json!({"alg": "HS256", "typ": "JWT"}),
+                    &json!({"key": "application1", "tags": good, "exp": now() + 7200, "nbf": now() + 3600}),
+                    SECRET1
+                )
+            ),
+            "expired",
+        ),
+        (
+            format!(
+                "token={}",
                 token("nobody", SECRET1, good.clone(), now() + 60)
             ),
             "unknown application",
@@ -199,9 +210,10 @@ async fn the_sdk_and_the_cli_mint_tokens_the_server_accepts() {
         &tags,
         std::time::Duration::from_secs(60),
     );
-    raw(&format!("{}/?token={sdk}", server.url)).await;
-    let out = std::process::Command::new(tagcast_bin())
-        .args([
+    let mut by_sdk = raw(&format!("{}/?token={sdk}", server.url)).await;
+    // Through the binary as a user runs it (no TAGCAST_* variable of the test's own).
+    let (status, stdout, stderr) = super::cli::run(
+        &[
             "token",
             "--key",
             "application2",
@@ -211,12 +223,27 @@ async fn the_sdk_and_the_cli_mint_tokens_the_server_accepts() {
             r#"{"user":42}"#,
             "--ttl",
             "60",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let cli = String::from_utf8(out.stdout).unwrap();
-    raw(&format!("{}/?token={}", server.url, cli.trim())).await;
+        ],
+        &[],
+    )
+    .await;
+    assert!(status.success(), "{status}: {stderr}");
+    let cli = stdout.trim();
+    assert_eq!(cli.split('.').count(), 3, "one JWT on stdout: {stdout}");
+    assert!(!cli.contains(SECRET2), "{stdout}");
+    let mut by_cli = raw(&format!("{}/?token={cli}", server.url)).await;
+    server.wait_connections(2).await;
+    // Both tokens gave their connection the tags {"user":42}: a message for user 42 reaches both.
+    let publish = format!(
+        r#"{{"message":"for 42","tags":{{"user":42}},"metadata":{{"key":"application1","secret":"{SECRET1}"}}}}"#
+    );
+    let answer = http_post(server.addr, "/publish", &publish).await;
+    assert_eq!(
+        (answer.status, answer.body.trim()),
+        (200, r#"{"delivered":2}"#)
+    );
+    assert_eq!(recv_text(&mut by_sdk).await, r#""for 42""#);
+    assert_eq!(recv_text(&mut by_cli).await, r#""for 42""#);
 }
 
 #[test]
@@ -316,4 +343,67 @@ async fn retag_commands_stay_within_the_token() {
         r#"{"delivered":1}"#
     );
     assert_eq!(recv_message(&mut ws).await.0["message"], "to 2");
+}
+
+/// README "Signed tags": an `nbf` still in the future is refused as `expired` by the binary's
+/// server, and `tagcast listen` says so (exit 1); the same claims without it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_not_valid_yet_is_refused_as_expired_by_the_binary() {
+    let auth = temp_file("auth.yml", AUTH_YAML);
+    let server = super::cli::serve(
+        &[
+            "--auth",
+            auth.to_str().unwrap(),
+            "--authorize-open",
+            "false",
+            "--signed-tags",
+        ],
+        &[],
+    )
+    .await;
+    let header = json!({"alg": "HS256", "typ": "JWT"});
+    let later = now() + 3600;
+    let early = jwt(
+        &header,
+        &json!({"key": "application1", "tags": {"user": 42}, "exp": later + 3600, "nbf": later, "iat": now()}),
+        SECRET1,
+    );
+    let (status, body) = refused(&format!("{}/?token={early}", server.url())).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.starts_with("expired"), "{body}");
+    let (status, stdout, stderr) = super::cli::run(
+        &[
+            "listen",
+            "--url",
+            &format!("{}/?token={early}", server.url()),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("expired"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&early),
+        "the token is not echoed: {stderr}"
+    );
+
+    let valid = jwt(
+        &header,
+        &json!({"key": "application1", "tags": {"user": 42}, "exp": later + 3600, "iat": now()}),
+        SECRET1,
+    );
+    let mut ws = raw(&format!("{}/?token={valid}", server.url())).await;
+    server.wait_connections(1).await;
+    let publish = format!(
+        r#"{{"message":"for 42","tags":{{"user":42}},"metadata":{{"key":"application1","secret":"{SECRET1}"}}}}"#
+    );
+    let answer = http_post(server.addr(), "/publish", &publish).await;
+    assert_eq!(
+        (answer.status, answer.body.trim()),
+        (200, r#"{"delivered":1}"#)
+    );
+    assert_eq!(recv_text(&mut ws).await, r#""for 42""#);
 }
