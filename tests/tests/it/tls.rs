@@ -112,6 +112,196 @@ fn a_bad_tls_pair_is_a_configuration_error_naming_the_file() {
     }
 }
 
+/// `tagcast dev-cert`, `tagcast serve --tls-cert --tls-key` on the command line, and everything
+/// on that one port over TLS: the probes and `/metrics` over `https://`, `POST /publish` over
+/// `https://` (raw and with `tagcast send`), and `TAGCAST_CA_CERT` (the variable form of
+/// `--ca-cert`) for `send` and `listen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_probes_metrics_and_publish_from_the_command_line() {
+    let dir = temp_file("dev-cert/.keep", "");
+    let dir = dir.parent().unwrap();
+    let (status, _, stderr) =
+        super::cli::run(&["dev-cert", "--out", dir.to_str().unwrap()], &[]).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let cert_pem = std::fs::read_to_string(&cert).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server = super::cli::serve(&["--tls-cert", cert, "--tls-key", key], &[]).await;
+    let port = server.addr().port();
+
+    for probe in ["/healthz", "/livez", "/readyz"] {
+        let answer = https_request(port, &cert_pem, "GET", probe, "").await;
+        assert_eq!(answer.status, 200, "{probe}: {}", answer.body);
+    }
+    let answer = https_request(port, &cert_pem, "GET", "/healthz", "").await;
+    assert_eq!(answer.body.trim(), "ok");
+    let metrics = https_request(port, &cert_pem, "GET", "/metrics", "").await;
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    assert_eq!(sample(&metrics.body, "tagcast_connections"), 0.0);
+    assert!(
+        metrics.body.trim_end().ends_with("# EOF"),
+        "{}",
+        metrics.body
+    );
+
+    // `listen` trusts the certificate through TAGCAST_CA_CERT alone.
+    let url = format!("wss://localhost:{port}");
+    let mut listener = super::cli::spawn_tagcast(
+        &["listen", "--url", &url, "--tags", r#"{"room":1}"#],
+        &[("TAGCAST_CA_CERT", cert)],
+    );
+    listener.stderr_line_with("connected").await;
+    let answer = https_request(
+        port,
+        &cert_pem,
+        "POST",
+        "/publish",
+        r#"{"message":"over https","tags":{"room":1}}"#,
+    )
+    .await;
+    assert_eq!(
+        (answer.status, answer.body.trim()),
+        (200, r#"{"delivered":1}"#)
+    );
+    assert_eq!(listener.next_stdout_line().await, r#""over https""#);
+    let metrics = https_request(port, &cert_pem, "GET", "/metrics", "").await;
+    assert_eq!(sample(&metrics.body, "tagcast_connections"), 1.0);
+
+    // `send` over https:// with the variable too.
+    let https = format!("https://localhost:{port}");
+    let (status, stdout, stderr) = super::cli::run(
+        &[
+            "send",
+            "--url",
+            &https,
+            "--tags",
+            r#"{"room":1}"#,
+            "sent by send",
+        ],
+        &[("TAGCAST_CA_CERT", cert)],
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), "delivered 1");
+    assert_eq!(listener.next_stdout_line().await, r#""sent by send""#);
+    // Without it the self-signed certificate is refused: exit 1, nothing sent.
+    let (status, stdout, stderr) = super::cli::run(
+        &[
+            "send",
+            "--url",
+            &https,
+            "--tags",
+            r#"{"room":1}"#,
+            "untrusted",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.to_lowercase().contains("certificate"),
+        "says why: {stderr}"
+    );
+    // The listener's next line is a marker sent after: the untrusted send reached nobody.
+    let answer = https_request(
+        port,
+        &cert_pem,
+        "POST",
+        "/publish",
+        r#"{"message":"marker","tags":{"room":1}}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(listener.next_stdout_line().await, r#""marker""#);
+}
+
+/// One HTTP/1.1 request over TLS to 127.0.0.1:`port` as `localhost`, trusting only `ca_pem`;
+/// the answer is read until the server closes (`Connection: close`).
+async fn https_request(
+    port: u16,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> HttpAnswer {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("a PEM certificate")).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut bytes = Vec::new();
+        // A server may end TLS without close_notify after a `Connection: close` answer.
+        let _ = tls.read_to_end(&mut bytes).await;
+        bytes
+    };
+    let bytes = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("an https answer in time");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    HttpAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The body of a chunked answer.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    panic!("a chunked body without its last chunk: {out:?}");
+}
+
 /// The PEM text of a DER block (rcgen's own `pem` feature would bring a second base64).
 fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;
