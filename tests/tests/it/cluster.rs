@@ -584,8 +584,17 @@ async fn chaos_nodes_killed_connections_cut_and_redis_restarted_lose_nothing_una
         async move { super::cli::serve(&["--redis", &url, "--history", "1000"], &[]).await }
     };
     let mut nodes = vec![start_node().await, start_node().await];
-    let ports: Arc<Mutex<Vec<u16>>> =
-        Arc::new(Mutex::new(nodes.iter().map(|n| n.addr().port()).collect()));
+    // Each node's slot: its port and a generation that changes with every restart. A killed
+    // node's port is released, and another test may bind it at once: the slot moves to the
+    // replacement before the old node is killed, and a dialer keeps what it connected to only
+    // if the slot it dialled still has the same generation afterwards (then the node it
+    // reached was not killed yet, so the port was still ours).
+    let ports: Arc<Mutex<Vec<(u64, u16)>>> = Arc::new(Mutex::new(
+        nodes.iter().map(|n| (0, n.addr().port())).collect(),
+    ));
+    let unchanged = |ports: &Mutex<Vec<(u64, u16)>>, slot: usize, generation: u64| {
+        ports.lock().unwrap()[slot].0 == generation
+    };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // Clients: each reads, and on any end resumes from its last position on a node picked at
@@ -604,9 +613,10 @@ async fn chaos_nodes_killed_connections_cut_and_redis_restarted_lose_nothing_una
         let task = tokio::spawn(async move {
             let mut pos: Option<String> = None;
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                let port = {
+                let (slot, (generation, port)) = {
                     let ports = ports.lock().unwrap();
-                    ports[dice.below(ports.len() as u64) as usize]
+                    let slot = dice.below(ports.len() as u64) as usize;
+                    (slot, ports[slot])
                 };
                 let mut url = format!("ws://127.0.0.1:{port}/?tags=%7B%22g%22%3A1%7D");
                 if let Some(p) = &pos {
@@ -617,10 +627,15 @@ async fn chaos_nodes_killed_connections_cut_and_redis_restarted_lose_nothing_una
                     "Sec-WebSocket-Protocol",
                     tokio_tungstenite::tungstenite::http::HeaderValue::from_static("tagcast.v1"),
                 );
-                let Ok((mut ws, _)) = tokio_tungstenite::connect_async(request).await else {
+                let connected =
+                    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await;
+                let Ok(Ok((mut ws, _))) = connected else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue; // that node is down: try again
                 };
+                if !unchanged(&ports, slot, generation) {
+                    continue; // dialled a node being replaced: maybe not ours any more
+                }
                 loop {
                     let frame = tokio::select! {
                         frame = ws.next() => frame,
@@ -669,14 +684,18 @@ async fn chaos_nodes_killed_connections_cut_and_redis_restarted_lose_nothing_una
         publishers.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                let port = ports.lock().unwrap()[p];
+                let (generation, port) = ports.lock().unwrap()[p];
                 let message = format!("{p}:{i}");
                 i += 1;
                 let body = json!({"message": message, "tags": {"g": 1}}).to_string();
                 let sent = Instant::now();
                 let addr = ([127, 0, 0, 1], port).into();
                 match tokio::time::timeout(WAIT, try_http_post(addr, "/publish", &body)).await {
-                    Ok(Some(200)) => accepted.lock().unwrap().push((message, sent)),
+                    // Counted only when the node that answered was still ours: a request it
+                    // accepted but that is not counted may arrive, it just need not.
+                    Ok(Some(200)) if unchanged(&ports, p, generation) => {
+                        accepted.lock().unwrap().push((message, sent))
+                    }
                     _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -692,8 +711,13 @@ async fn chaos_nodes_killed_connections_cut_and_redis_restarted_lose_nothing_una
             0 | 1 => {
                 let n = dice.below(2) as usize;
                 eprintln!("round {round}: SIGKILL node {n} and restart it");
-                drop(std::mem::replace(&mut nodes[n], start_node().await));
-                ports.lock().unwrap()[n] = nodes[n].addr().port();
+                let replacement = start_node().await;
+                {
+                    // The slot moves first: from now on nobody dials the old port.
+                    let mut ports = ports.lock().unwrap();
+                    ports[n] = (ports[n].0 + 1, replacement.addr().port());
+                }
+                drop(std::mem::replace(&mut nodes[n], replacement)); // SIGKILL
             }
             2 | 3 => {
                 let c = dice.below(CLIENTS as u64) as usize;
@@ -805,4 +829,212 @@ async fn try_http_status(addr: std::net::SocketAddr, request: &str) -> Option<u1
     tcp.read_to_end(&mut answer).await.ok()?;
     let text = String::from_utf8_lossy(&answer);
     text.split_whitespace().nth(1)?.parse().ok()
+}
+
+// --- What crosses the bus (README "Clusters": metadata never leaves the node) ---
+
+/// A RESP value, as much of it as these tests read.
+#[derive(Debug, Clone, PartialEq)]
+enum Resp {
+    Simple(Vec<u8>),
+    Error(Vec<u8>),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    /// Every byte string in it, flattened.
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Resp::Simple(b) | Resp::Error(b) | Resp::Bulk(Some(b)) => b.clone(),
+            Resp::Integer(i) => i.to_string().into_bytes(),
+            Resp::Bulk(None) | Resp::Array(None) => Vec::new(),
+            Resp::Array(Some(items)) => items.iter().flat_map(Resp::bytes).collect(),
+        }
+    }
+}
+
+/// The first complete RESP value in `buf` and how many bytes it took; `None` while incomplete.
+fn parse_resp(buf: &[u8]) -> Option<(Resp, usize)> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = &buf[1..line_end];
+    let after = line_end + 2;
+    let number = || -> i64 { std::str::from_utf8(line).unwrap().parse().unwrap() };
+    match buf[0] {
+        b'+' => Some((Resp::Simple(line.to_vec()), after)),
+        b'-' => Some((Resp::Error(line.to_vec()), after)),
+        b':' => Some((Resp::Integer(number()), after)),
+        b'$' => {
+            let len = number();
+            if len < 0 {
+                return Some((Resp::Bulk(None), after));
+            }
+            let end = after + len as usize;
+            (buf.len() >= end + 2).then(|| (Resp::Bulk(Some(buf[after..end].to_vec())), end + 2))
+        }
+        b'*' => {
+            let len = number();
+            if len < 0 {
+                return Some((Resp::Array(None), after));
+            }
+            let mut items = Vec::new();
+            let mut at = after;
+            for _ in 0..len {
+                let (item, used) = parse_resp(&buf[at..])?;
+                items.push(item);
+                at += used;
+            }
+            Some((Resp::Array(Some(items)), at))
+        }
+        other => panic!("not RESP: {:?}", other as char),
+    }
+}
+
+/// A raw RESP connection to the test's Redis, over its Unix socket.
+struct RedisConn {
+    stream: tokio::net::UnixStream,
+    buf: Vec<u8>,
+}
+
+impl RedisConn {
+    async fn open(redis: &RedisServer) -> RedisConn {
+        RedisConn {
+            stream: tokio::net::UnixStream::connect(&redis.socket)
+                .await
+                .unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, args: &[&[u8]]) {
+        use tokio::io::AsyncWriteExt;
+        let mut command = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            command.extend_from_slice(arg);
+            command.extend_from_slice(b"\r\n");
+        }
+        self.stream.write_all(&command).await.unwrap();
+    }
+
+    /// The next complete value Redis sends.
+    async fn next(&mut self) -> Resp {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if !self.buf.is_empty() {
+                if let Some((value, used)) = parse_resp(&self.buf) {
+                    self.buf.drain(..used);
+                    return value;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .expect("Redis answers in time")
+                .unwrap();
+            assert!(n > 0, "Redis closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn call(&mut self, args: &[&[u8]]) -> Resp {
+        self.send(args).await;
+        self.next().await
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// README "Clusters" and docs/operations.md: on the bus a message is the validated payload and
+/// tags; its metadata (and so any secret) never leaves the node. A subscriber to the channel,
+/// subscribed before the publish, and the cluster's history stream (`<channel>:history`) hold
+/// the message and not one byte string of its metadata, with the history on and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_never_reaches_redis() {
+    let redis = RedisServer::start();
+    for history in [tagcast_server::config::DEFAULT_HISTORY, 0] {
+        let channel = format!("metadata-{history}");
+        let node = node_with(redis.url(), &channel, history).await;
+        let mut subscriber = RedisConn::open(&redis).await;
+        let confirmed = subscriber.call(&[b"SUBSCRIBE", channel.as_bytes()]).await;
+        assert_eq!(
+            confirmed,
+            Resp::Array(Some(vec![
+                Resp::Bulk(Some(b"subscribe".to_vec())),
+                Resp::Bulk(Some(channel.as_bytes().to_vec())),
+                Resp::Integer(1),
+            ]))
+        );
+
+        let (secret, key) = ("s3cr3t-of-the-sender", "key-of-the-sender");
+        let payload = format!("the payload {history}");
+        let body = json!({
+            "message": payload,
+            "tags": {"room": "bus"},
+            "metadata": {"key": key, "secret": secret},
+        });
+        let answer = http_post(node.addr, "/publish", &body.to_string()).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (200, r#"{"delivered":0}"#)
+        );
+
+        // The node's own publish on the channel (the only one: nothing else publishes there).
+        let Resp::Array(Some(push)) = subscriber.next().await else {
+            panic!("expected a pub/sub message");
+        };
+        assert_eq!(push[0], Resp::Bulk(Some(b"message".to_vec())), "{push:?}");
+        let record = push[2].bytes();
+        assert!(contains(&record, payload.as_bytes()), "{record:?}");
+        assert!(contains(&record, br#""room":"bus""#), "{record:?}");
+        for leaked in [secret, key, "metadata"] {
+            assert!(
+                !contains(&record, leaked.as_bytes()),
+                "{leaked} crossed the bus: {:?}",
+                String::from_utf8_lossy(&record)
+            );
+        }
+
+        // The history stream, and every other key of the channel.
+        let mut conn = RedisConn::open(&redis).await;
+        let history_key = format!("{channel}:history");
+        let entries = conn
+            .call(&[b"XRANGE", history_key.as_bytes(), b"-", b"+"])
+            .await;
+        let stored = entries.bytes();
+        assert_eq!(
+            contains(&stored, payload.as_bytes()),
+            history > 0,
+            "the history stream: {:?}",
+            String::from_utf8_lossy(&stored)
+        );
+        let pattern = format!("{channel}*");
+        let Resp::Array(Some(keys)) = conn.call(&[b"KEYS", pattern.as_bytes()]).await else {
+            panic!("KEYS answers an array");
+        };
+        for key_name in keys {
+            let key_name = key_name.bytes();
+            let kind = conn.call(&[b"TYPE", &key_name]).await.bytes();
+            let content = match kind.as_slice() {
+                b"string" => conn.call(&[b"GET", &key_name]).await,
+                b"stream" => conn.call(&[b"XRANGE", &key_name, b"-", b"+"]).await,
+                other => panic!(
+                    "unexpected Redis key type {:?}",
+                    String::from_utf8_lossy(other)
+                ),
+            }
+            .bytes();
+            for leaked in [secret, key] {
+                assert!(
+                    !contains(&content, leaked.as_bytes()),
+                    "{leaked} is in Redis key {:?}",
+                    String::from_utf8_lossy(&key_name)
+                );
+            }
+        }
+        node.stop().await;
+    }
 }
