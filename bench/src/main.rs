@@ -147,11 +147,37 @@ struct FanoutArgs {
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
     /// Connect the publishers to this URL instead of --url (another node of a cluster).
+    /// Repeat it to spread the publishers over several nodes: publisher p connects to the
+    /// (p mod n)-th URL.
     #[arg(long, value_parser = ws_url)]
-    publish_url: Option<String>,
+    publish_url: Vec<String>,
+    /// Another node of a cluster: the subscribers are spread over --url and every --node-url
+    /// (subscriber i on the (i mod n)-th, --url first). Only --url's server is measured by
+    /// --server-pid.
+    #[arg(long, value_parser = ws_url)]
+    node_url: Vec<String>,
     /// How publishers send (bench/src/pusher.rs runs the HTTP ones).
     #[arg(long, value_enum, default_value_t = pusher::PublishOver::Ws)]
     publish_over: pusher::PublishOver,
+}
+
+impl FanoutArgs {
+    /// The node subscriber `i` connects to: --url and the --node-url list, in turn.
+    fn subscriber_url(&self, i: usize) -> &str {
+        match i % (1 + self.node_url.len()) {
+            0 => &self.common.url,
+            n => &self.node_url[n - 1],
+        }
+    }
+
+    /// The node publisher `p` connects to: the --publish-url list in turn, else --url.
+    fn publisher_url(&self, p: usize) -> &str {
+        if self.publish_url.is_empty() {
+            &self.common.url
+        } else {
+            &self.publish_url[p % self.publish_url.len()]
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -610,14 +636,13 @@ async fn fanout(args: &FanoutArgs, slow_percent: f64) -> anyhow::Result<serde_js
         if !is_slow(i) {
             expected[g] += 1;
         }
-        urls.push(url_with_tags(&c.url, &json!({ "g": g })));
+        urls.push(url_with_tags(args.subscriber_url(i), &json!({ "g": g })));
     }
     let setup = Instant::now();
     let subscribers = open_all_with(urls, c.concurrency, is_slow).await?;
-    let publish_url = args.publish_url.as_deref().unwrap_or(&c.url);
     let publishers = open_all(
         (0..args.publishers)
-            .map(|p| url_with_tags(publish_url, &json!({ "publisher": p })))
+            .map(|p| url_with_tags(args.publisher_url(p), &json!({ "publisher": p })))
             .collect(),
         c.concurrency,
     )

@@ -469,13 +469,13 @@ async fn fanout(args: &FanoutArgs) -> anyhow::Result<serde_json::Value> {
         open_all_pusher(p, &c.url, groups, c.concurrency).await?
     } else {
         let urls = (0..args.subscribers)
-            .map(|i| url_with_tags(&c.url, &json!({ "g": i % args.groups })))
+            .map(|i| url_with_tags(args.subscriber_url(i), &json!({ "g": i % args.groups })))
             .collect();
         open_all(urls, c.concurrency).await?
     };
     let setup_secs = setup.elapsed().as_secs_f64();
     let target = Arc::new(HttpTarget {
-        authority: authority(args.publish_url.as_deref().unwrap_or(&c.url))?,
+        authority: authority(args.publisher_url(0))?,
         pusher: p.pusher().then(|| p.clone()),
         keep_alive: args.publish_over == PublishOver::HttpKeepAlive,
     });
