@@ -203,24 +203,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("malformed"));
-        for e in [
-            TokenError::Missing,
-            TokenError::Expired,
-            TokenError::NotYetValid,
-            TokenError::UnknownApplication,
-            TokenError::Signature,
-            TokenError::Subset,
+        // Each error starts with its own reason word (the server's 401 body starts with it,
+        // and clients match on it): a token not valid yet reads as expired.
+        for (e, prefix) in [
+            (TokenError::Missing, "missing: "),
+            (TokenError::Malformed("x".into()), "malformed: "),
+            (TokenError::Expired, "expired: "),
+            (TokenError::NotYetValid, "expired: "),
+            (TokenError::UnknownApplication, "unknown application: "),
+            (TokenError::Signature, "signature: "),
+            (TokenError::Subset, "subset: "),
         ] {
             let text = e.to_string();
-            assert!([
-                "missing",
-                "expired",
-                "unknown application",
-                "signature",
-                "subset"
-            ]
-            .iter()
-            .any(|w| text.starts_with(w)));
+            assert!(text.starts_with(prefix), "{e:?}: {text:?}");
         }
     }
 }
