@@ -154,25 +154,8 @@ async fn oversized_tags_and_query_tricks() {
     let (code, reason) = recv_close(&mut ws).await;
     assert_eq!(code, 1007);
     assert!(reason.contains("too many tags"), "{reason}");
-    // A huge tag name in the query.
-    let (status, _) =
-        refused(&server.url_with_tags(&format!(r#"{{"{}":1}}"#, "n".repeat(10_000)))).await;
-    assert_eq!(status, 400);
-    // Percent-encoding tricks: encoded braces decode; `+` is a space; double encoding is text.
-    let mut spaced = raw(&format!(
-        "{}/?tags=%7B%22city%22%3A%22New+York%22%7D",
-        server.url
-    ))
-    .await;
-    let (status, _) = refused(&format!("{}/?tags=%257B%257D", server.url)).await;
-    assert_eq!(status, 400, "a double-encoded object is not JSON");
-    let mut sender = raw(&server.url).await;
-    send_text(
-        &mut sender,
-        r#"{"message":"hi","tags":{"city":"New York"}}"#,
-    )
-    .await;
-    assert_eq!(recv_text(&mut spaced).await, r#""hi""#);
+    huge_query_tag_name(&server.url).await;
+    percent_encoding_tricks(&server.url).await;
     healthy.still_served().await;
 }
 
@@ -212,6 +195,35 @@ async fn ping_flood(url: &str) {
     )
     .await;
     assert_eq!(recv_text(&mut flooder).await, r#""after the flood""#);
+}
+
+/// A 10,000-byte tag name in the handshake's query: refused with 400 naming the limit.
+async fn huge_query_tag_name(url: &str) {
+    let name = "n".repeat(10_000);
+    let tags = encode(&format!(r#"{{"{name}":1}}"#));
+    let (status, body) = refused(&format!("{url}/?tags={tags}")).await;
+    assert_eq!(status, 400, "a huge tag name: {body}");
+    assert!(
+        body.contains("is 10000 bytes long, the limit is 128"),
+        "a huge tag name: {body}"
+    );
+}
+
+/// Percent-encoding tricks in the query: encoded braces decode and `+` is a space (the
+/// connection gets what is sent to `{"city":"New York"}`), while a double-encoded object stays
+/// text and is refused with 400.
+async fn percent_encoding_tricks(url: &str) {
+    let mut spaced = raw(&format!("{url}/?tags=%7B%22city%22%3A%22New+York%22%7D")).await;
+    let (status, body) = refused(&format!("{url}/?tags=%257B%257D")).await;
+    assert_eq!(status, 400, "a double-encoded object is not JSON: {body}");
+    assert!(body.contains("not valid JSON"), "{body}");
+    let mut sender = raw(url).await;
+    send_text(
+        &mut sender,
+        r#"{"message":"hi","tags":{"city":"New York"}}"#,
+    )
+    .await;
+    assert_eq!(recv_text(&mut spaced).await, r#""hi""#);
 }
 
 /// `n` connects and disconnects, 64 at a time, every other one abrupt.
@@ -261,7 +273,8 @@ fn rss_kib(pid: u32) -> u64 {
 /// Every kind of hostile client above, once, against the server at `addr`.
 async fn hostile_round(addr: SocketAddr) {
     let url = format!("ws://{addr}");
-    // Malformed frames, over the default 1 MiB limit, and deep nesting: each closes its sender.
+    // Malformed frames, just and far over the default 1 MiB limit, and deep nesting: each
+    // closes its sender.
     let cases = [
         ("invalid UTF-8", frame(true, 1, &[0xff, 0xfe, b'"']), 1007),
         ("a continuation of nothing", frame(true, 0, b"x"), 1002),
@@ -269,6 +282,11 @@ async fn hostile_round(addr: SocketAddr) {
             "a data frame inside a fragmented message",
             [frame(false, 1, b"{\"mess"), frame(true, 2, b"age\":1}")].concat(),
             1002,
+        ),
+        (
+            "one byte over the 1 MiB limit",
+            frame(true, 1, &vec![b'a'; 1024 * 1024 + 1]),
+            1009,
         ),
         (
             "4 MiB over a 1 MiB limit",
@@ -301,6 +319,8 @@ async fn hostile_round(addr: SocketAddr) {
     let (code, reason) = recv_close(&mut ws).await;
     assert_eq!(code, 1007, "10,000 tags: {reason}");
     assert!(reason.contains("too many tags"), "{reason}");
+    huge_query_tag_name(&url).await;
+    percent_encoding_tricks(&url).await;
     ping_flood(&url).await;
     churn(&url, 1000).await;
     half_open(addr, 50).await;
