@@ -226,8 +226,20 @@ async fn raw_with_small_receive_buffer(url: &str, addr: std::net::SocketAddr) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_disconnected_and_nobody_else_waits() {
+    slow_consumer_is_disconnected(true).await;
+}
+
+/// `--direct-writes false`: every frame goes through the recipient's queue; the slow consumer
+/// is closed with 1008 all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_disconnected_with_direct_writes_off() {
+    slow_consumer_is_disconnected(false).await;
+}
+
+async fn slow_consumer_is_disconnected(direct_writes: bool) {
     let server = TestServer::with_config(Config {
         queue_size: 4,
+        direct_writes,
         ..Config::default()
     })
     .await;

@@ -92,7 +92,22 @@ async fn an_integer_tag_equals_its_decimal_text_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_senders_requests_arrive_in_order() {
-    let server = TestServer::start().await;
+    requests_arrive_in_order(true).await;
+}
+
+/// `--direct-writes false`: every frame goes through its recipient's queue, in order too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_requests_arrive_in_order_with_direct_writes_off() {
+    requests_arrive_in_order(false).await;
+}
+
+/// 500 requests of one sender reach two recipients each, in order.
+async fn requests_arrive_in_order(direct_writes: bool) {
+    let server = TestServer::with_config(tagcast_server::Config {
+        direct_writes,
+        ..tagcast_server::Config::default()
+    })
+    .await;
     let mut r1 = raw(&server.url_with_tags(r#"{"g":1}"#)).await;
     let mut r2 = raw(&server.url_with_tags(r#"{"g":1,"h":2}"#)).await;
     let mut sender = raw(&server.url).await;
