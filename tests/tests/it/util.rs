@@ -513,7 +513,8 @@ pub async fn drain_until_end(ws: &mut Ws, limit: Duration) -> Option<(u16, Strin
     }
 }
 
-/// A real `redis-server` on 127.0.0.1 and a free port, without persistence; killed when dropped.
+/// A real `redis-server` on a Unix socket of its own (no TCP port), without persistence; killed
+/// when dropped.
 pub struct RedisServer {
     /// Its Unix socket: no TCP port is picked, released and hoped to stay free, and a restart
     /// finds its socket again.
