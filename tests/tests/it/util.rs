@@ -442,7 +442,7 @@ pub async fn http_request(
 }
 
 /// The answer in `bytes` once it is complete (`ended`: the server closed the connection).
-fn parse_http_answer(bytes: &[u8], ended: bool) -> Option<HttpAnswer> {
+pub fn parse_http_answer(bytes: &[u8], ended: bool) -> Option<HttpAnswer> {
     let text = String::from_utf8_lossy(bytes);
     let (head, body) = text.split_once("\r\n\r\n")?;
     let mut lines = head.split("\r\n");
