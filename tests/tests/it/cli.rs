@@ -8,6 +8,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
 use super::util::*;
 
 /// How long a child process may take to start, answer or exit.
@@ -654,11 +657,81 @@ async fn secrets_never_reach_the_log() {
     assert!(!log.contains(API_KEY), "the API key in the log:\n{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_reach_the_log() {
+    let auth = temp_file("auth.yml", AUTH_YAML);
+    let mut server = serve(
+        &[
+            "--auth",
+            auth.to_str().unwrap(),
+            "--authorize-open",
+            "false",
+            "--signed-tags",
+            "--shutdown-grace",
+            "0",
+        ],
+        &[("RUST_LOG", "trace")],
+    )
+    .await;
+    let base = server.url();
+    // Signed-tags tokens, by query and by subprotocol, good and forged: a token is a bearer
+    // credential, so none of its text is logged (its signature is the part that matters).
+    let user7 = tagcast::Tags::new().with("user", 7);
+    let good = tagcast::sign_tags("application2", SECRET2, &user7, Duration::from_secs(60));
+    let forged = tagcast::sign_tags("application2", SECRET1, &user7, Duration::from_secs(60));
+    let mut by_query = raw(&format!("{base}/?token={good}")).await;
+    let (status, _) = refused(&format!("{base}/?token={forged}")).await;
+    assert_eq!(status, 401);
+    let mut request = base.as_str().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_str(&format!("tagcast.token.{good}")).unwrap(),
+    );
+    let (mut by_protocol, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let signatures = [&good, &forged].map(|t| t.rsplit('.').next().unwrap().to_owned());
+
+    server.process.terminate();
+    // Both token connections were admitted and stayed open until the stop.
+    assert_eq!(recv_close(&mut by_query).await.0, 1001);
+    assert_eq!(recv_close(&mut by_protocol).await.0, 1001);
+    let log = server.process.stderr_after_exit().await;
+    assert!(
+        log.lines().filter(|l| l.contains("DEBUG")).count() >= 3,
+        "connections are logged at debug level: {log}"
+    );
+    for signature in &signatures {
+        assert!(
+            !log.contains(signature.as_str()),
+            "a token in the log:\n{log}"
+        );
+    }
+}
+
 const API_KEY: &str = "k3y-0f-the-server-api-9f8e7d";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_exits_2_naming_it() {
     let url = unreachable_redis_url();
+    // With a password in the URL the error names the URL with the password masked.
+    let (status, _, stderr) = run(
+        &[
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--redis",
+            "redis://tagcast:hunter2-redis-pass@127.0.0.1:1/",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("redis://tagcast:***@127.0.0.1:1/"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2-redis-pass"), "{stderr}");
     let (status, _, stderr) = run(
         &[
             "serve",
