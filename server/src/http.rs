@@ -180,15 +180,36 @@ async fn publish(
             return json_error(StatusCode::BAD_REQUEST, text);
         }
     };
-    let trusted = state.config.api_key.as_ref().is_some_and(|key| {
-        api::bearer_matches(
-            parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-            key,
-        )
-    });
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let trusted = state
+        .config
+        .api_key
+        .as_ref()
+        .is_some_and(|key| api::bearer_matches(authorization, key));
+    // A bearer key that does not open the API: an unauthorized refusal says so, instead of
+    // only asking for the metadata the caller meant to replace with it.
+    let wrong_bearer = !trusted && authorization.is_some_and(|v| v.starts_with(b"Bearer "));
+    let explain = |mut result: Result<_, crate::refusal::Refusal>| {
+        if let Err(refusal) = &mut result {
+            if wrong_bearer && refusal.reason == crate::refusal::Reason::Unauthorized {
+                refusal.text = if state.config.api_key.is_some() {
+                    format!(
+                        "the Authorization header's API key is wrong; without it, {}",
+                        refusal.text
+                    )
+                } else {
+                    format!(
+                        "this server has no --api-key, so the Authorization header opens nothing; {}",
+                        refusal.text
+                    )
+                };
+            }
+        }
+        result
+    };
     let handshake = Handshake {
         peer,
         query: parts.uri.query().map(parse_query).unwrap_or_default(),
@@ -200,6 +221,7 @@ async fn publish(
             let mut results = Vec::with_capacity(requests.len());
             for request in requests {
                 let (id, result) = state.router.route_value(request, &handshake, trusted).await;
+                let result = explain(result);
                 if let Err(refusal) = &result {
                     let status = refusal.reason.http_status();
                     log_refused(&state, peer, "/publish", status, &refusal.text);
@@ -210,6 +232,7 @@ async fn publish(
         }
         single => {
             let (id, result) = state.router.route_value(single, &handshake, trusted).await;
+            let result = explain(result);
             let status = match &result {
                 Ok(_) => StatusCode::OK,
                 Err(refusal) => {

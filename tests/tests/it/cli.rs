@@ -822,25 +822,37 @@ async fn send_under_auth_needs_metadata_or_the_api_key() {
     let wrong_secret = format!(r#"{{"key":"application1","secret":"{SECRET2}"}}"#);
     // A send's arguments and environment.
     type Sent = (Vec<String>, Vec<(&'static str, String)>);
-    let refusals: [Sent; 4] = [
-        (send(&[], "no credentials"), vec![]),
-        (send(&["--metadata", &wrong_secret], "wrong secret"), vec![]),
-        (send(&["--api-key", "wrong"], "wrong key"), vec![]),
+    const NEEDS_METADATA: &str =
+        "sending requires the 'key' and 'secret' of an application in 'metadata'";
+    let wrong_key =
+        format!("the Authorization header's API key is wrong; without it, {NEEDS_METADATA}");
+    let refusals: [(Sent, &str); 4] = [
+        ((send(&[], "no credentials"), vec![]), NEEDS_METADATA),
         (
-            send(&[], "wrong key variable"),
-            vec![("TAGCAST_API_KEY", "wrong".to_owned())],
+            (send(&["--metadata", &wrong_secret], "wrong secret"), vec![]),
+            NEEDS_METADATA,
+        ),
+        (
+            (send(&["--api-key", "wrong"], "wrong key"), vec![]),
+            &wrong_key,
+        ),
+        (
+            (
+                send(&[], "wrong key variable"),
+                vec![("TAGCAST_API_KEY", "wrong".to_owned())],
+            ),
+            &wrong_key,
         ),
     ];
-    for (args, env) in refusals {
+    for ((args, env), why) in refusals {
         let shown = format!("{args:?} {env:?}");
         let (status, stdout, stderr) = run_send(args, env).await;
         assert_eq!(status.code(), Some(1), "{shown}: {stdout}{stderr}");
         assert!(!stdout.contains("delivered"), "{shown}: {stdout}");
-        // The server's 401 as `send` prints it (a wrong API key falls back to the metadata
-        // check, so it reads the same).
+        // The server's 401 as `send` prints it; a wrong API key says so.
         assert_eq!(
             stderr.trim_end(),
-            "error: HTTP 401: sending requires the 'key' and 'secret' of an application in 'metadata'",
+            format!("error: HTTP 401: {why}"),
             "{shown}"
         );
     }

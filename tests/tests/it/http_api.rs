@@ -79,6 +79,22 @@ async fn publish_applies_the_send_rules_of_auth() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(body(&answer), json!({"delivered": 0}));
     assert!(!answer.body.contains(SECRET2));
+
+    // A bearer key on a server without --api-key opens nothing, and the 401 says why.
+    let answer = http_request(
+        server.addr,
+        "POST",
+        "/publish",
+        "Authorization: Bearer some-key\r\n",
+        br#"{"message":"x"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(
+        body(&answer)["error"],
+        "this server has no --api-key, so the Authorization header opens nothing; \
+         sending requires the 'key' and 'secret' of an application in 'metadata'"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
