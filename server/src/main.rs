@@ -580,9 +580,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let drainer = server.drainer();
+    let signal = shutdown_signal();
     let shutdown = async move {
         // SIGTERM drains first; SIGINT closes at once.
-        if shutdown_signal().await == Signal::Terminate {
+        if signal.await == Signal::Terminate {
             drainer.drain(grace).await;
         }
     };
@@ -602,24 +603,38 @@ enum Signal {
     Terminate,
 }
 
-async fn shutdown_signal() -> Signal {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Listens for SIGINT and SIGTERM from now on and returns the first to come. The handlers are
+/// installed when this is called, before `listening on` is printed: a signal sent as soon as
+/// the server says it listens stops it cleanly instead of taking the default action (killing
+/// the process without a close frame).
+fn shutdown_signal() -> impl std::future::Future<Output = Signal> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).ok();
+        let mut terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            tokio::select! {
+                _ = next(&mut interrupt) => Signal::Interrupt,
+                _ = next(&mut terminate) => Signal::Terminate,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => Signal::Interrupt,
-        _ = term => Signal::Terminate,
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        Signal::Interrupt
+    }
+}
+
+/// The next delivery of `signal`, or never when it could not be listened for.
+#[cfg(unix)]
+async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

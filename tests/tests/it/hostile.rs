@@ -217,6 +217,23 @@ async fn percent_encoding_tricks(url: &str) {
     let (status, body) = refused(&format!("{url}/?tags=%257B%257D")).await;
     assert_eq!(status, 400, "a double-encoded object is not JSON: {body}");
     assert!(body.contains("not valid JSON"), "{body}");
+    // The handshake's answer can reach the client before the server has indexed the
+    // connection: wait until a publish to its tags reaches one connection.
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("a ws://IP:PORT url");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let probe = r#"{"message":"probe","tags":{"city":"New York"}}"#;
+    while http_post(addr, "/publish", probe).await.body.trim() != r#"{"delivered":1}"# {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection was never indexed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(recv_text(&mut spaced).await, r#""probe""#);
     let mut sender = raw(url).await;
     send_text(
         &mut sender,
