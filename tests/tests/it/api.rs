@@ -314,6 +314,35 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
+/// Stops a process and waits until every one of its threads has stopped.
+///
+/// `kill` returns once SIGSTOP is queued, and the group stop begins only when the one thread
+/// the kernel woke for it runs: on a loaded machine another thread (a worker woken by a
+/// socket) can go on running, and answer, in between.
+async fn stop(pid: u32) {
+    signal(pid, "STOP");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+        let running: Vec<String> = tasks
+            .filter_map(|task| {
+                let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+                // The state follows the command's closing parenthesis: "pid (comm) S ...".
+                let state = stat.rsplit_once(") ")?.1.chars().next()?;
+                (state != 'T').then_some(stat)
+            })
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop: {running:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_every_endpoint_covers_every_node_and_a_silent_node_makes_it_partial() {
     let redis = RedisServer::start();
@@ -411,7 +440,7 @@ async fn in_a_cluster_every_endpoint_covers_every_node_and_a_silent_node_makes_i
     b.wait_connections(0).await;
 
     // A node that does not answer within a second is left out, and the answer says so.
-    signal(c.pid(), "STOP");
+    stop(c.pid()).await;
     let asked = std::time::Instant::now();
     let (status, body) = get(&a, "/presence").await;
     signal(c.pid(), "CONT");
