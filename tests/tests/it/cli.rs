@@ -572,23 +572,25 @@ async fn sigint_closes_at_once_without_a_drain() {
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
+/// `serve --auth` (every connection needs an application) with a trace-level log and no
+/// drain, for the tests that read the whole log for secrets.
+async fn serve_traced_under_auth(extra: &[&str]) -> Serve {
+    let auth = temp_file("auth.yml", AUTH_YAML);
+    let mut args = vec![
+        "--auth",
+        auth.to_str().unwrap(),
+        "--authorize-open",
+        "false",
+        "--shutdown-grace",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    serve(&args, &[("RUST_LOG", "trace")]).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_log() {
-    let auth = temp_file("auth.yml", AUTH_YAML);
-    let mut server = serve(
-        &[
-            "--auth",
-            auth.to_str().unwrap(),
-            "--authorize-open",
-            "false",
-            "--api-key",
-            API_KEY,
-            "--shutdown-grace",
-            "0",
-        ],
-        &[("RUST_LOG", "trace")],
-    )
-    .await;
+    let mut server = serve_traced_under_auth(&["--api-key", API_KEY]).await;
     let base = server.url();
 
     // The API key, right and wrong, on /publish and the API.
@@ -641,7 +643,9 @@ async fn secrets_never_reach_the_log() {
     assert_eq!(recv_json(&mut other).await["code"], "unauthorized");
 
     server.process.terminate();
+    // Both answer the close, so the server does not wait out its close grace for them.
     assert_eq!(recv_close(&mut client).await.0, 1001);
+    assert_eq!(recv_close(&mut other).await.0, 1001);
     let log = server.process.stderr_after_exit().await;
     assert!(log.contains("listening on"), "{log}");
     assert!(
@@ -659,20 +663,7 @@ async fn secrets_never_reach_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_never_reach_the_log() {
-    let auth = temp_file("auth.yml", AUTH_YAML);
-    let mut server = serve(
-        &[
-            "--auth",
-            auth.to_str().unwrap(),
-            "--authorize-open",
-            "false",
-            "--signed-tags",
-            "--shutdown-grace",
-            "0",
-        ],
-        &[("RUST_LOG", "trace")],
-    )
-    .await;
+    let mut server = serve_traced_under_auth(&["--signed-tags"]).await;
     let base = server.url();
     // Signed-tags tokens, by query and by subprotocol, good and forged: a token is a bearer
     // credential, so none of its text is logged (its signature is the part that matters).
