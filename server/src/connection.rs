@@ -81,7 +81,13 @@ impl Connection {
         if self.closer.closing().is_some() {
             return Offered::Dropped;
         }
-        match self.outbox.push(frame, now) {
+        self.offered(self.outbox.push(frame, now))
+    }
+
+    /// What a push into this connection's outbox means for the delivery: a full queue closes
+    /// it as a slow consumer.
+    pub fn offered(&self, push: Push) -> Offered {
+        match push {
             Push::Queued | Push::Written => Offered::Queued,
             Push::Full => {
                 if self.closer.close(POLICY_VIOLATION, SLOW_CONSUMER) {

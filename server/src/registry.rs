@@ -292,29 +292,81 @@ impl Recipients {
     /// Offers the frame to each recipient (see [`Registry::deliver`]); the first
     /// [`direct::PER_DELIVERY`] may get it written into their socket.
     pub fn offer(self, raw: &Utf8Bytes, envelope: impl FnOnce() -> Utf8Bytes) -> Delivery {
-        let mut envelope = Some(envelope);
-        let mut envelope_frame: Option<Utf8Bytes> = None;
+        // The envelope frame is built once, for the first envelope recipient, if any.
+        let envelope = std::cell::Cell::new(Some(envelope));
+        let envelope_frame = std::cell::OnceCell::new();
+        let frame_for = |conn: &Connection| match conn.envelope {
+            true => envelope_frame.get_or_init(|| (envelope.take().expect("built once"))()),
+            false => raw,
+        };
         let mut delivery = Delivery::default();
-        for (i, conn) in self.list.iter().enumerate() {
-            let frame = if conn.envelope {
-                envelope_frame
-                    .get_or_insert_with(|| (envelope.take().expect("built once"))())
-                    .clone()
-            } else {
-                raw.clone()
-            };
-            let len = frame.len() as u64;
+        #[allow(unused_mut)]
+        let mut first_queued = 0;
+        #[cfg(feature = "io-uring")]
+        if let Some(now) = self.now {
+            first_queued = self.write_batch(now, &frame_for, &mut delivery);
+        }
+        for (i, conn) in self.list.iter().enumerate().skip(first_queued) {
+            let frame = frame_for(conn);
             let now = self.now.filter(|_| i < direct::PER_DELIVERY);
-            match conn.offer(frame, now) {
-                Offered::Queued => {
-                    delivery.delivered += 1;
-                    delivery.bytes += len;
-                }
-                Offered::SlowConsumer => delivery.slow_consumers += 1,
-                Offered::Dropped => {}
-            }
+            delivery.count(conn.offer(frame.clone(), now), frame.len());
         }
         delivery
+    }
+
+    /// The first [`direct::PER_DELIVERY`] recipients, those that may be written to directly
+    /// with one system call for all (the `io-uring` feature), the others offered one by one;
+    /// returns how many recipients it took care of.
+    #[cfg(feature = "io-uring")]
+    fn write_batch<'f>(
+        &self,
+        now: u64,
+        frame_for: &impl Fn(&Connection) -> &'f Utf8Bytes,
+        delivery: &mut Delivery,
+    ) -> usize {
+        let head = &self.list[..self.list.len().min(direct::PER_DELIVERY)];
+        let mut claims = Vec::with_capacity(head.len());
+        let mut claimed = Vec::with_capacity(head.len());
+        for conn in head {
+            let claim = match conn.closer.closing() {
+                Some(_) => None,
+                None => conn.outbox.claim(now),
+            };
+            claimed.push(claim.is_some());
+            if let Some(claim) = claim {
+                claims.push((claim, frame_for(conn)));
+            }
+        }
+        if claims.is_empty() {
+            return 0;
+        }
+        let Some(pushed) = crate::outbox::write_claimed(claims) else {
+            return 0;
+        };
+        let mut pushed = pushed.into_iter();
+        for (conn, claimed) in head.iter().zip(claimed) {
+            let frame = frame_for(conn);
+            let offered = match claimed {
+                true => conn.offered(pushed.next().expect("one push per claim")),
+                // Its offer is recorded: not quiet, or busy; queued without a second look.
+                false => conn.offer(frame.clone(), None),
+            };
+            delivery.count(offered, frame.len());
+        }
+        head.len()
+    }
+}
+
+impl Delivery {
+    fn count(&mut self, offered: Offered, len: usize) {
+        match offered {
+            Offered::Queued => {
+                self.delivered += 1;
+                self.bytes += len as u64;
+            }
+            Offered::SlowConsumer => self.slow_consumers += 1,
+            Offered::Dropped => {}
+        }
     }
 }
 

@@ -103,6 +103,19 @@ impl SharedTcp {
         self.0.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The bytes waiting to go out, if no one else is writing: a batch of direct writes never
+    /// waits for a lock while it holds others.
+    #[cfg(feature = "io-uring")]
+    pub(super) fn try_pending(&self) -> Option<MutexGuard<'_, Vec<u8>>> {
+        self.0.pending.try_lock().ok()
+    }
+
+    /// The socket's file descriptor, for a batch of writes.
+    #[cfg(feature = "io-uring")]
+    pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0.tcp)
+    }
+
     /// Writes one unmasked WebSocket text frame of `payload` without waiting, if nothing else
     /// waits to go out.
     pub fn try_frame(&self, payload: &[u8]) -> Sent {
@@ -149,6 +162,17 @@ impl SharedTcp {
         *pending = Vec::new();
         Poll::Ready(Ok(()))
     }
+}
+
+/// `payload` as one unmasked text frame, header included.
+#[cfg(feature = "io-uring")]
+pub(super) fn encode_frame(payload: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; 10];
+    let header = frame_header(payload.len(), &mut header);
+    let mut frame = Vec::with_capacity(header.len() + payload.len());
+    frame.extend_from_slice(header);
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// The header of an unmasked, final text frame of `len` bytes, as tungstenite formats it.

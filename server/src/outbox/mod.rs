@@ -31,6 +31,9 @@
 //! reading holds at most `capacity` frames in the server, not a full queue plus a full batch.
 
 pub mod direct;
+#[cfg(feature = "io-uring")]
+#[allow(unsafe_code)]
+mod uring;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -203,6 +206,27 @@ impl Outbox {
         }
     }
 
+    /// With `now`, when this connection is quiet, nothing is queued or being written, it may
+    /// be written to directly and its state is free: its state locked for [`write_claimed`],
+    /// which writes a batch of them with one system call. Never waits for a lock (a batch holds
+    /// many). Records the offer either way, like [`push`](Outbox::push).
+    #[cfg(feature = "io-uring")]
+    pub fn claim(&self, now: u64) -> Option<Claim<'_>> {
+        if self.closed.load(Ordering::Acquire) || !direct::quiet(&self.last_offer, now) {
+            return None;
+        }
+        let state = self.state.try_lock().ok()?;
+        if !state.frames.is_empty() || self.in_writer.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let socket = state.direct.clone()?;
+        Some(Claim {
+            outbox: self,
+            state,
+            socket,
+        })
+    }
+
     /// No more direct writes: the connection is closing, and its close frame must be last.
     pub fn stop_direct(&self) {
         let mut state = self.lock();
@@ -216,6 +240,92 @@ impl Outbox {
         let dropped = std::mem::take(&mut *self.lock());
         drop(dropped);
     }
+}
+
+/// An outbox claimed for a batch of direct writes ([`Outbox::claim`]).
+#[cfg(feature = "io-uring")]
+#[derive(Debug)]
+pub struct Claim<'a> {
+    outbox: &'a Outbox,
+    state: std::sync::MutexGuard<'a, State>,
+    socket: SharedTcp,
+}
+
+/// Writes each claimed outbox its frame, all with one `io_uring_enter` (the `io-uring`
+/// feature), and releases them. The same rules hold as for one direct write: a socket whose
+/// `pending` lock is busy or not empty, or that takes nothing, gets its frame queued; one that
+/// takes part keeps the rest in `pending` and its writer flushes it. Returns `None`, touching
+/// nothing, when this thread has no ring: offer them one by one.
+#[cfg(feature = "io-uring")]
+pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes)>) -> Option<Vec<Push>> {
+    if !uring::available() {
+        return None;
+    }
+    // A delivery has at most two frames (raw and envelope): each encoded once.
+    let mut encoded: Vec<(*const u8, Vec<u8>)> = Vec::with_capacity(2);
+    let frame_of: Vec<usize> = claims
+        .iter()
+        .map(|(_, frame)| {
+            let key = frame.as_bytes().as_ptr();
+            match encoded.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    encoded.push((key, direct::encode_frame(frame.as_bytes())));
+                    encoded.len() - 1
+                }
+            }
+        })
+        .collect();
+    let sockets: Vec<SharedTcp> = claims.iter().map(|(c, _)| c.socket.clone()).collect();
+    let mut pending: Vec<_> = sockets
+        .iter()
+        .map(|socket| socket.try_pending().filter(|p| p.is_empty()))
+        .collect();
+    let writes: Vec<uring::Write<'_>> = pending
+        .iter()
+        .zip(&sockets)
+        .zip(&frame_of)
+        .filter(|((pending, _), _)| pending.is_some())
+        .map(|((_, socket), &frame)| uring::Write {
+            fd: socket.raw_fd(),
+            frame: &encoded[frame].1,
+        })
+        .collect();
+    let mut results = Vec::new();
+    uring::send_all(&writes, &mut results)?;
+    let mut results = results.into_iter();
+    let mut pushed = Vec::with_capacity(claims.len());
+    let mut wake = Vec::new();
+    for (i, (mut claim, frame)) in claims.into_iter().enumerate() {
+        let whole = &encoded[frame_of[i]].1;
+        let taken = match pending[i].as_mut() {
+            Some(pending) => {
+                let taken = results.next().unwrap_or(-1);
+                let taken = usize::try_from(taken).unwrap_or(0);
+                if taken > 0 && taken < whole.len() {
+                    pending.extend_from_slice(&whole[taken..]);
+                    claim.outbox.flush.store(true, Ordering::Release);
+                    wake.push(claim.outbox);
+                }
+                taken
+            }
+            None => 0,
+        };
+        if taken > 0 {
+            pushed.push(Push::Written);
+        } else if claim.outbox.capacity == 0 {
+            pushed.push(Push::Full);
+        } else {
+            claim.state.frames.push_back(frame.clone());
+            wake.push(claim.outbox);
+            pushed.push(Push::Queued);
+        }
+    }
+    drop(pending);
+    for outbox in wake {
+        outbox.writer.wake();
+    }
+    Some(pushed)
 }
 
 #[cfg(test)]
@@ -239,5 +349,97 @@ mod tests {
         assert_eq!(outbox.push("c".into(), None), Push::Queued);
         outbox.close();
         assert_eq!(outbox.push("d".into(), None), Push::Closed);
+    }
+}
+
+#[cfg(all(test, feature = "io-uring"))]
+mod batch_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A plain TCP outbox and the peer's end of its socket.
+    async fn pair(listener: &TcpListener) -> (Outbox, SharedTcp, TcpStream) {
+        small_pair(listener, None).await
+    }
+
+    /// Like [`pair`], with at most `buffers` bytes in the kernel's buffers on both ends.
+    async fn small_pair(
+        listener: &TcpListener,
+        buffers: Option<usize>,
+    ) -> (Outbox, SharedTcp, TcpStream) {
+        let peer = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, peer) = tokio::join!(listener.accept(), peer);
+        let (tcp, peer) = (accepted.unwrap().0, peer.unwrap());
+        if let Some(size) = buffers {
+            socket2::SockRef::from(&tcp)
+                .set_send_buffer_size(size)
+                .unwrap();
+            socket2::SockRef::from(&peer)
+                .set_recv_buffer_size(size)
+                .unwrap();
+        }
+        let socket = SharedTcp::new(tcp);
+        (Outbox::new(4, Some(socket.clone())), socket, peer)
+    }
+
+    async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        peer.read_exact(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_batch_writes_each_claimed_socket_its_frame_and_queues_behind_a_busy_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, _a_socket, mut a_peer) = pair(&listener).await;
+        let (b, _b_socket, mut b_peer) = pair(&listener).await;
+        let (busy, _, _busy_peer) = pair(&listener).await;
+        // Something queued: no claim, so nothing can overtake it.
+        assert_eq!(busy.push("first".into(), None), Push::Queued);
+        let (raw, envelope) = (Utf8Bytes::from("hi"), Utf8Bytes::from(r#"{"m":1}"#));
+        assert!(busy.claim(1_000_000).is_none());
+        let claims = vec![
+            (a.claim(1_000_000).unwrap(), &raw),
+            (b.claim(1_000_000).unwrap(), &envelope),
+        ];
+        assert_eq!(
+            write_claimed(claims),
+            Some(vec![Push::Written, Push::Written])
+        );
+        assert_eq!(read_exactly(&mut a_peer, 4).await, b"\x81\x02hi");
+        assert_eq!(read_exactly(&mut b_peer, 9).await, b"\x81\x07{\"m\":1}");
+        // Offered again at once, a connection is not quiet: its frames queue and batch.
+        assert!(a.claim(1_000_001).is_none());
+        let mut taken = VecDeque::new();
+        assert!(!a.take(&mut taken));
+    }
+
+    #[tokio::test]
+    async fn what_a_full_socket_does_not_take_waits_in_front_of_later_writes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (outbox, mut socket, mut peer) = small_pair(&listener, Some(32 << 10)).await;
+        // 1 MiB into a peer that reads nothing yet: the kernel's small buffers take a part.
+        let big = Utf8Bytes::from("x".repeat(1 << 20));
+        let claims = vec![(outbox.claim(1_000_000).unwrap(), &big)];
+        let pushed = write_claimed(claims).unwrap();
+        assert_eq!(pushed, [Push::Written]);
+        // The kernel took part of it: the writer is told to flush the rest, before its own.
+        let mut taken = VecDeque::new();
+        assert!(outbox.take(&mut taken), "the writer must flush");
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            peer.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        socket.write_all(b"<after>").await.unwrap();
+        socket.shutdown().await.unwrap();
+        drop((socket, outbox));
+        let all = reader.await.unwrap();
+        let header = [0x81, 127, 0, 0, 0, 0, 0, 0x10, 0, 0];
+        assert_eq!(all.len(), header.len() + big.len() + 7);
+        assert_eq!(&all[..10], header);
+        assert!(all[10..10 + big.len()].iter().all(|&b| b == b'x'));
+        assert_eq!(&all[10 + big.len()..], b"<after>");
     }
 }
