@@ -15,6 +15,16 @@ bench/results-floor-uring.jsonl; the ratio is io_uring's CPU per delivery over t
 
     cargo build --release -p tagcast-bench --features io-uring
     python3 bench/floor.py --compare uring
+
+With `--compare server-uring` a pair is Tagcast built without then with its `io-uring` feature
+(a delivery's direct writes in one io_uring_enter), written to
+bench/results-server-uring.jsonl; the ratio is the feature's CPU per delivery over the plain
+build's. The feature's build is the binary target/release/tagcast-uring:
+
+    cargo build --release -p tagcast-server --features io-uring
+    cp target/release/tagcast target/release/tagcast-uring
+    cargo build --release -p tagcast-server -p tagcast-bench
+    python3 bench/floor.py --compare server-uring
 """
 import argparse
 import json
@@ -32,9 +42,14 @@ SERVERS = {
     "floor": [os.path.join(RELEASE, "tagcast-floor"), "--host", "127.0.0.1", "--port", "0"],
     "floor-uring": [os.path.join(RELEASE, "tagcast-floor"), "--host", "127.0.0.1", "--port", "0",
                     "--io-uring"],
+    "tagcast-uring": [os.path.join(RELEASE, "tagcast-uring"), "serve", "--host", "127.0.0.1",
+                      "--port", "0"],
 }
 # What each comparison pairs: (measured, reference); the ratio is measured over reference.
-COMPARE = {"tagcast": ("tagcast", "floor"), "uring": ("floor-uring", "floor")}
+COMPARE = {"tagcast": ("tagcast", "floor"), "uring": ("floor-uring", "floor"),
+           "server-uring": ("tagcast-uring", "tagcast")}
+OUT = {"tagcast": "results-floor.jsonl", "uring": "results-floor-uring.jsonl",
+       "server-uring": "results-server-uring.jsonl"}
 LOAD = ["--subscribers", "10000", "--groups", "100", "--in-flight", "1", "--messages", "3000",
         "--payload", "64"]
 
@@ -58,15 +73,14 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--compare", choices=sorted(COMPARE), default="tagcast",
                         help="tagcast: Tagcast against the floor; uring: the floor's io_uring "
-                             "mode against its plain one")
+                             "mode against its plain one; server-uring: Tagcast's io-uring "
+                             "build against its plain one")
     parser.add_argument("--out")
     opts = parser.parse_args()
     measured, reference = COMPARE[opts.compare]
-    out = opts.out or os.path.join(
-        ROOT, "bench", "results-floor.jsonl" if opts.compare == "tagcast"
-        else "results-floor-uring.jsonl")
+    out = opts.out or os.path.join(ROOT, "bench", OUT[opts.compare])
     ratios, rates = [], {measured: [], reference: []}
-    # Tagcast is run before the floor; the plain floor before its io_uring mode.
+    # Tagcast is run before the floor; a plain build or mode before its io_uring one.
     order = (measured, reference) if opts.compare == "tagcast" else (reference, measured)
     with open(out, "w") as f:
         for run in range(opts.runs):

@@ -302,7 +302,7 @@ impl Recipients {
         let mut delivery = Delivery::default();
         #[allow(unused_mut)]
         let mut first_queued = 0;
-        #[cfg(feature = "io-uring")]
+        #[cfg(all(feature = "io-uring", target_os = "linux"))]
         if let Some(now) = self.now {
             first_queued = self.write_batch(now, &frame_for, &mut delivery);
         }
@@ -317,7 +317,7 @@ impl Recipients {
     /// The first [`direct::PER_DELIVERY`] recipients, those that may be written to directly
     /// with one system call for all (the `io-uring` feature), the others offered one by one;
     /// returns how many recipients it took care of.
-    #[cfg(feature = "io-uring")]
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
     fn write_batch<'f>(
         &self,
         now: u64,

@@ -105,13 +105,13 @@ impl SharedTcp {
 
     /// The bytes waiting to go out, if no one else is writing: a batch of direct writes never
     /// waits for a lock while it holds others.
-    #[cfg(feature = "io-uring")]
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
     pub(super) fn try_pending(&self) -> Option<MutexGuard<'_, Vec<u8>>> {
         self.0.pending.try_lock().ok()
     }
 
     /// The socket's file descriptor, for a batch of writes.
-    #[cfg(feature = "io-uring")]
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
     pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self.0.tcp)
     }
@@ -165,7 +165,7 @@ impl SharedTcp {
 }
 
 /// `payload` as one unmasked text frame, header included.
-#[cfg(feature = "io-uring")]
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
 pub(super) fn encode_frame(payload: &[u8]) -> Vec<u8> {
     let mut header = [0u8; 10];
     let header = frame_header(payload.len(), &mut header);

@@ -31,7 +31,7 @@
 //! reading holds at most `capacity` frames in the server, not a full queue plus a full batch.
 
 pub mod direct;
-#[cfg(feature = "io-uring")]
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
 #[allow(unsafe_code)]
 mod uring;
 
@@ -210,7 +210,7 @@ impl Outbox {
     /// be written to directly and its state is free: its state locked for [`write_claimed`],
     /// which writes a batch of them with one system call. Never waits for a lock (a batch holds
     /// many). Records the offer either way, like [`push`](Outbox::push).
-    #[cfg(feature = "io-uring")]
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
     pub fn claim(&self, now: u64) -> Option<Claim<'_>> {
         if self.closed.load(Ordering::Acquire) || !direct::quiet(&self.last_offer, now) {
             return None;
@@ -243,7 +243,7 @@ impl Outbox {
 }
 
 /// An outbox claimed for a batch of direct writes ([`Outbox::claim`]).
-#[cfg(feature = "io-uring")]
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
 #[derive(Debug)]
 pub struct Claim<'a> {
     outbox: &'a Outbox,
@@ -256,7 +256,7 @@ pub struct Claim<'a> {
 /// `pending` lock is busy or not empty, or that takes nothing, gets its frame queued; one that
 /// takes part keeps the rest in `pending` and its writer flushes it. Returns `None`, touching
 /// nothing, when this thread has no ring: offer them one by one.
-#[cfg(feature = "io-uring")]
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
 pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes)>) -> Option<Vec<Push>> {
     if !uring::available() {
         return None;
@@ -352,7 +352,7 @@ mod tests {
     }
 }
 
-#[cfg(all(test, feature = "io-uring"))]
+#[cfg(all(test, feature = "io-uring", target_os = "linux"))]
 mod batch_tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

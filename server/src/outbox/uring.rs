@@ -110,7 +110,12 @@ impl Ring {
         while reaped < chunk.len() {
             match self.ring.submit_and_wait(chunk.len() - reaped) {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+                // Interrupted, or the kernel short of room for completions: reap and retry.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                    ) => {}
                 Err(e) => {
                     // Entries may still be in flight with pointers into the callers' frames:
                     // returning would let them be freed under the kernel.
