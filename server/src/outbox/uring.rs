@@ -65,11 +65,16 @@ pub fn send_all(writes: &[Write<'_>], results: &mut Vec<i32>) -> Option<()> {
 
 impl Ring {
     fn try_new() -> Option<Self> {
+        static WARNED: std::sync::Once = std::sync::Once::new();
         Ring::new()
             .map_err(|e| {
-                tracing::warn!(
-                    "no io_uring on this thread, direct writes take one send per recipient: {e}"
-                )
+                // Each worker thread tries once; a refusal is the same on all (a seccomp
+                // profile such as Docker's default one, an old kernel): said once.
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "io_uring is not available ({e}): direct writes take one send per recipient"
+                    )
+                })
             })
             .ok()
     }
