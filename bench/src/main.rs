@@ -838,13 +838,60 @@ async fn presence(args: &PresenceArgs) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// The burst beside `connect`, on a runtime and threads of its own: in the connectors'
+/// runtime its 1,000 busy receivers would queue the connectors' tasks behind theirs, and the
+/// figure would measure the load generator's scheduler instead of the server.
+struct BurstThread {
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<anyhow::Result<u64>>,
+}
+
+impl BurstThread {
+    /// Starts the burst and returns once it runs at its pace.
+    async fn start(c: &Common, subscribers: usize, rate: f64) -> anyhow::Result<Self> {
+        let (stop, stopped) = watch::channel(false);
+        let (running, started) = tokio::sync::oneshot::channel();
+        let c = c.clone();
+        let thread = std::thread::spawn(move || -> anyhow::Result<u64> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let tasks = burst_load(&c, subscribers, rate, stopped).await?;
+                let _ = running.send(());
+                let mut received = 0u64;
+                for task in tasks {
+                    received += task.await?;
+                }
+                Ok::<u64, anyhow::Error>(received)
+            })
+        });
+        if started.await.is_err() {
+            // The burst could not start: its thread says why.
+            return Err(match thread.join() {
+                Ok(Err(e)) => e,
+                _ => anyhow::anyhow!("the burst's thread ended before it started"),
+            });
+        }
+        Ok(BurstThread { stop, thread })
+    }
+
+    /// Stops the burst; returns the frames its subscribers received.
+    async fn stop(self) -> anyhow::Result<u64> {
+        let _ = self.stop.send(true);
+        tokio::task::spawn_blocking(move || self.thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the burst's thread panicked"))?
+    }
+}
+
 async fn connect_rate(args: &ConnectArgs) -> anyhow::Result<serde_json::Value> {
     let c = &args.common;
-    let (stop_load, load_stop) = watch::channel(false);
     let load = if args.burst_subscribers > 0 {
-        burst_load(c, args.burst_subscribers, args.burst_rate, load_stop).await?
+        Some(BurstThread::start(c, args.burst_subscribers, args.burst_rate).await?)
     } else {
-        Vec::new()
+        None
     };
     let next = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -881,11 +928,10 @@ async fn connect_rate(args: &ConnectArgs) -> anyhow::Result<serde_json::Value> {
     let elapsed = start.elapsed().as_secs_f64();
     let after = process_stats(c.server_pid);
     let failed = failures.load(Ordering::Relaxed);
-    let _ = stop_load.send(true);
-    let mut burst_deliveries = 0;
-    for task in load {
-        burst_deliveries += task.await?;
-    }
+    let burst_deliveries = match load {
+        Some(load) => load.stop().await?,
+        None => 0,
+    };
     Ok(json!({
         "scenario": "connect",
         "server": c.server,
