@@ -316,7 +316,8 @@ impl Recipients {
 
     /// The first [`direct::PER_DELIVERY`] recipients, those that may be written to directly
     /// with one system call for all (the `io-uring` feature), the others offered one by one;
-    /// returns how many recipients it took care of.
+    /// returns how many recipients it took care of (0 on a thread without io_uring: they are
+    /// offered one by one, each direct write one `send`).
     #[cfg(all(feature = "io-uring", target_os = "linux"))]
     fn write_batch<'f>(
         &self,
@@ -324,7 +325,23 @@ impl Recipients {
         frame_for: &impl Fn(&Connection) -> &'f Utf8Bytes,
         delivery: &mut Delivery,
     ) -> usize {
+        use crate::outbox::direct::encode_frame;
+        if !crate::outbox::batch_available() {
+            return 0;
+        }
         let head = &self.list[..self.list.len().min(direct::PER_DELIVERY)];
+        // Each frame encoded once, before any outbox is locked.
+        let (mut raw, mut envelope) = (None, None);
+        for conn in head {
+            let encoded = if conn.envelope {
+                &mut envelope
+            } else {
+                &mut raw
+            };
+            if encoded.is_none() {
+                *encoded = Some(encode_frame(frame_for(conn).as_bytes()));
+            }
+        }
         let mut claims = Vec::with_capacity(head.len());
         let mut claimed = Vec::with_capacity(head.len());
         for conn in head {
@@ -334,16 +351,12 @@ impl Recipients {
             };
             claimed.push(claim.is_some());
             if let Some(claim) = claim {
-                claims.push((claim, frame_for(conn)));
+                let encoded = if conn.envelope { &envelope } else { &raw };
+                let encoded = encoded.as_deref().expect("encoded above");
+                claims.push((claim, frame_for(conn), encoded));
             }
         }
-        if claims.is_empty() {
-            return 0;
-        }
-        let Some(pushed) = crate::outbox::write_claimed(claims) else {
-            return 0;
-        };
-        let mut pushed = pushed.into_iter();
+        let mut pushed = crate::outbox::write_claimed(claims).into_iter();
         for (conn, claimed) in head.iter().zip(claimed) {
             let frame = frame_for(conn);
             let offered = match claimed {
@@ -376,5 +389,72 @@ impl Drop for Recipients {
         let mut list = std::mem::take(&mut self.list);
         list.clear();
         RECIPIENTS.with(|cell| *cell.borrow_mut() = list);
+    }
+}
+
+#[cfg(all(test, feature = "io-uring", target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::close::Closer;
+    use crate::outbox::direct::SharedTcp;
+    use crate::outbox::Outbox;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Three quiet plain-TCP connections with no task to write their queue: what reaches a
+    /// peer was written directly by the delivery.
+    async fn deliver_to_three_quiet_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let registry = Registry::new(true);
+        let mut peers = Vec::new();
+        for id in 0..3 {
+            let peer = TcpStream::connect(listener.local_addr().unwrap());
+            let (accepted, peer) = tokio::join!(listener.accept(), peer);
+            let (tcp, addr) = accepted.unwrap();
+            let conn = Connection {
+                id,
+                envelope: id == 2,
+                outbox: Outbox::new(4, Some(SharedTcp::new(tcp))),
+                closer: Closer::default(),
+                peer: addr,
+                handshake: None,
+                granted: std::sync::Mutex::new(None),
+            };
+            assert!(registry.register(Arc::new(conn), Tags::new().with("g", 0)));
+            peers.push(peer.unwrap());
+        }
+        let delivery = registry.deliver(&Tags::new().with("g", 0), &"hi".into(), || {
+            r#"{"m":1}"#.into()
+        });
+        assert_eq!(delivery.delivered, 3);
+        for (i, peer) in peers.iter_mut().enumerate() {
+            let expected: &[u8] = if i == 2 {
+                b"\x81\x07{\"m\":1}"
+            } else {
+                b"\x81\x02hi"
+            };
+            let mut got = vec![0; expected.len()];
+            let read = tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got));
+            read.await
+                .unwrap_or_else(|_| panic!("connection {i}: nothing written directly"))
+                .unwrap();
+            assert_eq!(got, expected, "connection {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_writes_its_quiet_recipients_directly_in_one_batch() {
+        assert!(
+            crate::outbox::batch_available(),
+            "io_uring is refused on this machine (see the warning above)"
+        );
+        deliver_to_three_quiet_connections().await;
+    }
+
+    #[tokio::test]
+    async fn without_io_uring_a_delivery_still_writes_its_quiet_recipients_directly() {
+        crate::outbox::refuse_batches_on_this_thread();
+        deliver_to_three_quiet_connections().await;
     }
 }

@@ -112,8 +112,15 @@ impl SharedTcp {
 
     /// The socket's file descriptor, for a batch of writes.
     #[cfg(all(feature = "io-uring", target_os = "linux"))]
-    pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.0.tcp)
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0.tcp)
+    }
+
+    /// Writes `bytes` without waiting, the caller holding the `pending` lock (empty); returns
+    /// how many the kernel took (0 when it took none or the socket failed).
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
+    pub(super) fn try_write_locked(&self, bytes: &[u8]) -> usize {
+        self.0.tcp.try_write(bytes).unwrap_or(0)
     }
 
     /// Writes one unmasked WebSocket text frame of `payload` without waiting, if nothing else
@@ -166,7 +173,7 @@ impl SharedTcp {
 
 /// `payload` as one unmasked text frame, header included.
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
-pub(super) fn encode_frame(payload: &[u8]) -> Vec<u8> {
+pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
     let mut header = [0u8; 10];
     let header = frame_header(payload.len(), &mut header);
     let mut frame = Vec::with_capacity(header.len() + payload.len());

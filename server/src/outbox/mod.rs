@@ -18,7 +18,10 @@
 //! collects its recipients under the index lock, releases it, then offers (see
 //! [`Registry::deliver`](crate::registry::Registry::deliver)). Inside an outbox, its state lock is
 //! taken first and the socket's `pending` lock second (by a direct write); the writer's
-//! writes take only the socket's. Neither is held across an await.
+//! writes take only the socket's. Neither is held across an await. A batch of direct writes
+//! (the `io-uring` feature: [`Outbox::claim`], [`write_claimed`]) holds the state and
+//! `pending` locks of many outboxes at once, so it takes each with `try_lock` only and never
+//! waits for a lock: an outbox whose lock is busy gets its frame queued instead.
 //!
 //! # The queue
 //!
@@ -251,32 +254,27 @@ pub struct Claim<'a> {
     socket: SharedTcp,
 }
 
-/// Writes each claimed outbox its frame, all with one `io_uring_enter` (the `io-uring`
-/// feature), and releases them. The same rules hold as for one direct write: a socket whose
-/// `pending` lock is busy or not empty, or that takes nothing, gets its frame queued; one that
-/// takes part keeps the rest in `pending` and its writer flushes it. Returns `None`, touching
-/// nothing, when this thread has no ring: offer them one by one.
+/// Whether this thread sends batches of direct writes with one system call (made ready now if
+/// it can be): without, [`Outbox::push`] writes one `send` per recipient.
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
-pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes)>) -> Option<Vec<Push>> {
-    if !uring::available() {
-        return None;
-    }
-    // A delivery has at most two frames (raw and envelope): each encoded once.
-    let mut encoded: Vec<(*const u8, Vec<u8>)> = Vec::with_capacity(2);
-    let frame_of: Vec<usize> = claims
-        .iter()
-        .map(|(_, frame)| {
-            let key = frame.as_bytes().as_ptr();
-            match encoded.iter().position(|(k, _)| *k == key) {
-                Some(i) => i,
-                None => {
-                    encoded.push((key, direct::encode_frame(frame.as_bytes())));
-                    encoded.len() - 1
-                }
-            }
-        })
-        .collect();
-    let sockets: Vec<SharedTcp> = claims.iter().map(|(c, _)| c.socket.clone()).collect();
+pub fn batch_available() -> bool {
+    uring::available()
+}
+
+/// Makes this thread go without io_uring, as where it is refused.
+#[cfg(all(test, feature = "io-uring", target_os = "linux"))]
+pub fn refuse_batches_on_this_thread() {
+    uring::refuse_on_this_thread();
+}
+
+/// Writes each claimed outbox its frame (the queued form, and the same frame encoded with its
+/// header), all with one `io_uring_enter` (the `io-uring` feature), and releases them. The
+/// same rules hold as for one direct write: a socket whose `pending` lock is busy or not
+/// empty, or that takes nothing, gets its frame queued; one that takes part keeps the rest in
+/// `pending` and its writer flushes it. On a thread without a ring, each is one `send`.
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
+pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes, &[u8])>) -> Vec<Push> {
+    let sockets: Vec<SharedTcp> = claims.iter().map(|(c, _, _)| c.socket.clone()).collect();
     let mut pending: Vec<_> = sockets
         .iter()
         .map(|socket| socket.try_pending().filter(|p| p.is_empty()))
@@ -284,26 +282,30 @@ pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes)>) -> Option<Vec<Push>> 
     let writes: Vec<uring::Write<'_>> = pending
         .iter()
         .zip(&sockets)
-        .zip(&frame_of)
+        .zip(&claims)
         .filter(|((pending, _), _)| pending.is_some())
-        .map(|((_, socket), &frame)| uring::Write {
-            fd: socket.raw_fd(),
-            frame: &encoded[frame].1,
+        .map(|((_, socket), (_, _, encoded))| uring::Write {
+            fd: socket.fd(),
+            frame: encoded,
         })
         .collect();
     let mut results = Vec::new();
-    uring::send_all(&writes, &mut results)?;
+    let batched = uring::send_all(&writes, &mut results).is_some();
+    drop(writes);
     let mut results = results.into_iter();
     let mut pushed = Vec::with_capacity(claims.len());
     let mut wake = Vec::new();
-    for (i, (mut claim, frame)) in claims.into_iter().enumerate() {
-        let whole = &encoded[frame_of[i]].1;
-        let taken = match pending[i].as_mut() {
+    for ((mut claim, frame, encoded), (pending, socket)) in
+        claims.into_iter().zip(pending.iter_mut().zip(&sockets))
+    {
+        let taken = match pending {
             Some(pending) => {
-                let taken = results.next().unwrap_or(-1);
-                let taken = usize::try_from(taken).unwrap_or(0);
-                if taken > 0 && taken < whole.len() {
-                    pending.extend_from_slice(&whole[taken..]);
+                let taken = match batched {
+                    true => usize::try_from(results.next().unwrap_or(-1)).unwrap_or(0),
+                    false => socket.try_write_locked(encoded),
+                };
+                if taken > 0 && taken < encoded.len() {
+                    pending.extend_from_slice(&encoded[taken..]);
                     claim.outbox.flush.store(true, Ordering::Release);
                     wake.push(claim.outbox);
                 }
@@ -325,7 +327,7 @@ pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes)>) -> Option<Vec<Push>> 
     for outbox in wake {
         outbox.writer.wake();
     }
-    Some(pushed)
+    pushed
 }
 
 #[cfg(test)]
@@ -391,6 +393,18 @@ mod batch_tests {
 
     #[tokio::test]
     async fn a_batch_writes_each_claimed_socket_its_frame_and_queues_behind_a_busy_one() {
+        batch_of_three().await;
+    }
+
+    #[tokio::test]
+    async fn without_a_ring_a_batch_writes_one_send_each_by_the_same_rules() {
+        uring::refuse_on_this_thread();
+        assert!(!batch_available());
+        batch_of_three().await;
+    }
+
+    /// Two quiet sockets and one with a frame queued, through one batch.
+    async fn batch_of_three() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (a, _a_socket, mut a_peer) = pair(&listener).await;
         let (b, _b_socket, mut b_peer) = pair(&listener).await;
@@ -398,21 +412,27 @@ mod batch_tests {
         // Something queued: no claim, so nothing can overtake it.
         assert_eq!(busy.push("first".into(), None), Push::Queued);
         let (raw, envelope) = (Utf8Bytes::from("hi"), Utf8Bytes::from(r#"{"m":1}"#));
+        let encoded = [&raw, &envelope].map(|f| direct::encode_frame(f.as_bytes()));
         assert!(busy.claim(1_000_000).is_none());
         let claims = vec![
-            (a.claim(1_000_000).unwrap(), &raw),
-            (b.claim(1_000_000).unwrap(), &envelope),
+            (a.claim(1_000_000).unwrap(), &raw, &encoded[0][..]),
+            (b.claim(1_000_000).unwrap(), &envelope, &encoded[1][..]),
         ];
-        assert_eq!(
-            write_claimed(claims),
-            Some(vec![Push::Written, Push::Written])
-        );
+        assert_eq!(write_claimed(claims), [Push::Written, Push::Written]);
         assert_eq!(read_exactly(&mut a_peer, 4).await, b"\x81\x02hi");
         assert_eq!(read_exactly(&mut b_peer, 9).await, b"\x81\x07{\"m\":1}");
         // Offered again at once, a connection is not quiet: its frames queue and batch.
         assert!(a.claim(1_000_001).is_none());
         let mut taken = VecDeque::new();
         assert!(!a.take(&mut taken));
+        // A socket whose bytes are still pending gets its frame queued behind them.
+        let (c, c_socket, _c_peer) = pair(&listener).await;
+        let held = c_socket.try_pending().unwrap();
+        let claims = vec![(c.claim(1_000_000).unwrap(), &raw, &encoded[0][..])];
+        assert_eq!(write_claimed(claims), [Push::Queued]);
+        drop(held);
+        assert!(c.take(&mut taken));
+        assert_eq!(taken, [raw]);
     }
 
     #[tokio::test]
@@ -421,8 +441,9 @@ mod batch_tests {
         let (outbox, mut socket, mut peer) = small_pair(&listener, Some(32 << 10)).await;
         // 1 MiB into a peer that reads nothing yet: the kernel's small buffers take a part.
         let big = Utf8Bytes::from("x".repeat(1 << 20));
-        let claims = vec![(outbox.claim(1_000_000).unwrap(), &big)];
-        let pushed = write_claimed(claims).unwrap();
+        let encoded = direct::encode_frame(big.as_bytes());
+        let claims = vec![(outbox.claim(1_000_000).unwrap(), &big, &encoded[..])];
+        let pushed = write_claimed(claims);
         assert_eq!(pushed, [Push::Written]);
         // The kernel took part of it: the writer is told to flush the rest, before its own.
         let mut taken = VecDeque::new();
