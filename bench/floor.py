@@ -17,12 +17,12 @@ bench/results-floor-uring.jsonl; the ratio is io_uring's CPU per delivery over t
     python3 bench/floor.py --compare uring
 
 With `--compare server-uring` a pair is Tagcast built without then with its `io-uring` feature
-(a delivery's direct writes in one io_uring_enter), written to
+(on by default: a delivery's direct writes in one io_uring_enter), written to
 bench/results-server-uring.jsonl; the ratio is the feature's CPU per delivery over the plain
-build's. The feature's build is the binary target/release/tagcast-uring:
+build's. The build without it is the binary target/release/tagcast-plain:
 
-    cargo build --release -p tagcast-server --features io-uring
-    cp target/release/tagcast target/release/tagcast-uring
+    cargo build --release -p tagcast-server --no-default-features
+    cp target/release/tagcast target/release/tagcast-plain
     cargo build --release -p tagcast-server -p tagcast-bench
     python3 bench/floor.py --compare server-uring
 """
@@ -42,12 +42,12 @@ SERVERS = {
     "floor": [os.path.join(RELEASE, "tagcast-floor"), "--host", "127.0.0.1", "--port", "0"],
     "floor-uring": [os.path.join(RELEASE, "tagcast-floor"), "--host", "127.0.0.1", "--port", "0",
                     "--io-uring"],
-    "tagcast-uring": [os.path.join(RELEASE, "tagcast-uring"), "serve", "--host", "127.0.0.1",
+    "tagcast-plain": [os.path.join(RELEASE, "tagcast-plain"), "serve", "--host", "127.0.0.1",
                       "--port", "0"],
 }
 # What each comparison pairs: (measured, reference); the ratio is measured over reference.
 COMPARE = {"tagcast": ("tagcast", "floor"), "uring": ("floor-uring", "floor"),
-           "server-uring": ("tagcast-uring", "tagcast")}
+           "server-uring": ("tagcast", "tagcast-plain")}
 OUT = {"tagcast": "results-floor.jsonl", "uring": "results-floor-uring.jsonl",
        "server-uring": "results-server-uring.jsonl"}
 LOAD = ["--subscribers", "10000", "--groups", "100", "--in-flight", "1", "--messages", "3000",
