@@ -494,15 +494,19 @@ async fn websocket_or_426(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
+    // Registered before the 101 goes out, so that a client that saw its handshake complete
+    // receives everything published after: what is routed to it before its task runs waits in
+    // its queue (held: nothing is written around the 101 and the greeting).
+    let (registered, greeting) = register(&state, peer, direct, admitted);
     tokio::spawn(async move {
-        // Upgrade failed (the client went away): the slot goes back with `admitted`.
+        // Upgrade failed (the client went away): `registered` leaves the registry and gives
+        // its slot back.
         let Ok(upgraded) = upgrade.on_upgrade.await else {
             return;
         };
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let (registered, greeting) = register(&state, peer, direct, admitted);
         let router = state.router.clone();
         crate::connection::run(socket, registered, router, state.settings, greeting).await
     });
@@ -589,27 +593,22 @@ async fn plain_request(state: &AppState, parts: Parts, body: Body) -> Response {
     response
 }
 
-/// Puts an upgraded connection in the registry (closed at once during a shutdown), and
-/// returns what it writes first (its position, and its replay when it resumes).
+/// Puts an admitted connection in the registry (closed at once during a shutdown), before its
+/// 101 is sent, and returns what it writes first (its position, and its replay when it
+/// resumes). Its queue holds every frame until its task has written that greeting.
 fn register(
     state: &AppState,
     peer: SocketAddr,
     socket: Option<SharedTcp>,
     admitted: Admitted,
 ) -> (Registered, Greeting) {
-    // An envelope connection greets first when the history is on or it resumes: nothing may go
-    // around its greeting, so its frames are all queued until it is written.
-    let greets =
-        admitted.envelope && (admitted.since.is_some() || state.router.fanout.history().is_some());
-    let capacity = state.config.queue_size;
+    // Nothing may go around the 101 (still to be written by hyper) or the greeting (an
+    // envelope connection's position, and its replay when it resumes): every frame is queued
+    // until the connection's task has written them and releases the queue.
     let conn = Arc::new(Connection {
         id: state.registry.next_id(),
         envelope: admitted.envelope,
-        outbox: if greets {
-            Outbox::held(capacity, socket)
-        } else {
-            Outbox::new(capacity, socket)
-        },
+        outbox: Outbox::held(state.config.queue_size, socket),
         closer: Closer::default(),
         peer,
         handshake: admitted.handshake,

@@ -38,6 +38,40 @@ async fn publish_delivers_one_request_and_echoes_its_id() {
     assert_eq!(body(&answer), json!({"delivered": 2, "id": "x-1"}));
 }
 
+/// A connection is in the registry before its 101 is sent: a publish that starts once the
+/// client's handshake completed reaches it, without waiting for anything else (raw and
+/// envelope connections, with the default history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_right_after_the_handshake_reaches_the_new_connection() {
+    let server = TestServer::start().await;
+    for n in 0..20 {
+        let tags = json!({ "n": n });
+        let url = server.url_with_tags(&tags.to_string());
+        let (mut ws, envelope) = match n % 2 {
+            0 => (raw(&url).await, false),
+            _ => (envelope_bare(&url).await, true),
+        };
+        let request = json!({ "message": format!("right after {n}"), "tags": tags });
+        let answer = http_post(server.addr, "/publish", &request.to_string()).await;
+        assert_eq!(
+            (answer.status, body(&answer)),
+            (200, json!({"delivered": 1})),
+            "{n}"
+        );
+        let text = match envelope {
+            false => recv_text(&mut ws).await,
+            true => loop {
+                // The position comes first with the history on.
+                let frame = recv_json(&mut ws).await;
+                if frame["type"] == "message" {
+                    break frame["message"].to_string();
+                }
+            },
+        };
+        assert_eq!(text, format!("\"right after {n}\""), "{n}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_answers_400_with_a_json_error_naming_the_problem() {
     let server = TestServer::start().await;
