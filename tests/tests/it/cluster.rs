@@ -550,6 +550,9 @@ struct Seen {
     /// must all arrive), if any did.
     unrecovered_at: Option<std::time::Instant>,
     resumes: usize,
+    /// What happened, in order (connections, greetings, messages with their positions): shown
+    /// when a check fails.
+    events: Vec<String>,
 }
 
 /// Two nodes (real processes) and Redis, clients resuming on both, a publisher on each; a
@@ -636,15 +639,26 @@ async fn chaos_nodes_killed_connections_cut_and_redis_restarted_lose_nothing_una
                 if !unchanged(&ports, slot, generation) {
                     continue; // dialled a node being replaced: maybe not ours any more
                 }
+                seen2.lock().unwrap().events.push(format!(
+                    "connected to slot {slot} (generation {generation}, port {port}) since {pos:?}"
+                ));
                 loop {
                     let frame = tokio::select! {
                         frame = ws.next() => frame,
                         _ = cut_rx.recv() => None, // cut: the socket is dropped unclosed
                     };
                     let Some(Ok(Message::Text(text))) = frame else {
+                        let end = match &frame {
+                            None => "cut or ended".to_owned(),
+                            Some(other) => format!("{other:?}"),
+                        };
+                        seen2.lock().unwrap().events.push(format!("end: {end}"));
                         break;
                     };
                     let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    if frame["type"] != "message" {
+                        seen2.lock().unwrap().events.push(text.to_string());
+                    }
                     match frame["type"].as_str() {
                         Some("position") => {
                             if pos.is_none() {
@@ -657,7 +671,9 @@ async fn chaos_nodes_killed_connections_cut_and_redis_restarted_lose_nothing_una
                         Some("message") => {
                             pos = frame["pos"].as_str().map(str::to_owned);
                             let text = frame["message"].as_str().unwrap().to_owned();
-                            seen2.lock().unwrap().messages.push(text);
+                            let mut seen = seen2.lock().unwrap();
+                            seen.events.push(format!("{text} at {}", frame["pos"]));
+                            seen.messages.push(text);
                         }
                         Some("resumed") => {
                             let mut seen = seen2.lock().unwrap();
@@ -786,14 +802,21 @@ async fn chaos_nodes_killed_connections_cut_and_redis_restarted_lose_nothing_una
         // None twice, and each sender's order.
         let mut once = std::collections::HashSet::new();
         let mut last = [None::<u64>; 2];
+        // On a failure, what this client went through, and the schedule above.
+        let events = || seen.events.join("\n");
         for m in &seen.messages {
-            assert!(once.insert(m), "seed {seed}: client {c} got {m} twice");
+            assert!(
+                once.insert(m),
+                "seed {seed}: client {c} got {m} twice; its events:\n{}",
+                events()
+            );
             let (p, i) = m.split_once(':').unwrap();
             let (p, i): (usize, u64) = (p.parse().unwrap(), i.parse().unwrap());
             assert!(
                 last[p].is_none_or(|l| i > l),
-                "seed {seed}: client {c} got {m} after {p}:{:?}",
-                last[p]
+                "seed {seed}: client {c} got {m} after {p}:{:?}; its events:\n{}",
+                last[p],
+                events()
             );
             last[p] = Some(i);
         }
