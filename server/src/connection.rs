@@ -49,6 +49,9 @@ pub struct Connection {
     pub handshake: Option<Box<Handshake>>,
     /// With `--signed-tags`: the tags of its latest token, which bound its retag commands.
     pub granted: std::sync::Mutex<Option<Box<Tags>>>,
+    /// In a cluster with history: it resumed from a position this node had not reached yet,
+    /// so this node's requests up to that sequence are not offered to it (0: none).
+    pub skip_through: std::sync::atomic::AtomicU64,
 }
 
 impl Connection {

@@ -75,6 +75,9 @@ struct Ring {
     last: u64,
     /// The highest sequence that fell out of the history (0: none).
     evicted_through: u64,
+    /// Whether this copy follows a cluster's history ([`Sequencer::restart`]), where another
+    /// node may be ahead.
+    follows_cluster: bool,
 }
 
 impl Ring {
@@ -98,7 +101,15 @@ pub struct Replay {
     pub frames: Vec<Utf8Bytes>,
     /// Whether no request after `since` is missing from them.
     pub recovered: bool,
+    /// In a cluster, `since` may come from a node ahead of this one: the sequence up to which
+    /// this node's later deliveries must skip the connection (it has them), else 0.
+    pub skip_through: u64,
 }
+
+/// How far ahead of this node a cluster's position may be and still count as one this node
+/// has not reached yet (nodes follow the cluster's history a few requests apart); further, it
+/// is a position this history never gave.
+const MAX_LAG: u64 = 100_000;
 
 /// The kept history of a node; its lock is the node's sequencer.
 #[derive(Debug)]
@@ -247,6 +258,7 @@ impl<'a> Sequencer<'a> {
         ring.epoch = epoch.to_owned();
         ring.last = last;
         ring.evicted_through = last;
+        ring.follows_cluster = true;
     }
 
     /// The position of the last routed request (the cursor of a fresh connection).
@@ -259,9 +271,12 @@ impl<'a> Sequencer<'a> {
     pub fn replay(&mut self, since: &str, tags: &Tags) -> Replay {
         self.ring.evict(&self.history.limits, Instant::now());
         let ring = &*self.ring;
-        let (after, recovered) = match ring.sequence_of(since) {
-            Some(s) if s <= ring.last => (s, s >= ring.evicted_through),
-            _ => (0, false),
+        let (after, recovered, skip_through) = match ring.sequence_of(since) {
+            Some(s) if s <= ring.last => (s, s >= ring.evicted_through, 0),
+            // Given by a node ahead of this one: nothing here to replay yet, and what this node
+            // delivers up to `s` the client already has.
+            Some(s) if ring.follows_cluster && s - ring.last <= MAX_LAG => (s, true, s),
+            _ => (0, false, 0),
         };
         let frames = ring
             .entries
@@ -269,7 +284,11 @@ impl<'a> Sequencer<'a> {
             .filter(|e| e.sequence > after && tags.contains_all(&e.tags))
             .map(|e| e.frame.clone())
             .collect();
-        Replay { frames, recovered }
+        Replay {
+            frames,
+            recovered,
+            skip_through,
+        }
     }
 }
 
@@ -396,6 +415,7 @@ mod tests {
         // Another history's position: everything kept, not recovered.
         let r = h.lock().replay("other.2", &room1);
         assert_eq!((r.recovered, r.frames.len()), (false, 2));
+        assert_eq!(r.skip_through, 0);
         // A position this history never gave.
         assert!(!h.lock().replay("e.99", &room1).recovered);
     }
@@ -422,6 +442,12 @@ mod tests {
             (r.recovered, r.frames),
             (true, vec![Utf8Bytes::from("nine")])
         );
+        // A position from a node ahead of this one: nothing to replay, nothing missed, and
+        // what this node delivers up to it is skipped; far ahead, it was never given.
+        let r = s.replay("c.12", &Tags::new());
+        assert_eq!((r.recovered, r.frames.len(), r.skip_through), (true, 0, 12));
+        let r = s.replay("c.9000000", &Tags::new());
+        assert_eq!((r.recovered, r.frames.len(), r.skip_through), (false, 3, 0));
         // A new epoch: nothing of the old one is recovered.
         s.restart("d", 0);
         assert_eq!(s.epoch(), "d");

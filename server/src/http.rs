@@ -613,6 +613,7 @@ fn register(
         peer,
         handshake: admitted.handshake,
         granted: std::sync::Mutex::new(admitted.granted.map(Box::new)),
+        skip_through: Default::default(),
     });
     tracing::debug!(connection = conn.id, peer = %conn.peer, tags = %admitted.tags.to_json(), envelope = conn.envelope, "connection opened");
     let greeting = state

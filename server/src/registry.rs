@@ -289,6 +289,13 @@ impl Recipients {
         (before - self.list.len()) as u64
     }
 
+    /// Leaves out the connections that already have the cluster's request `sequence` (they
+    /// resumed from a position this node had not reached: [`Connection::skip_through`]).
+    pub fn retain_after(&mut self, sequence: u64) {
+        self.list
+            .retain(|conn| conn.skip_through.load(Ordering::Relaxed) < sequence);
+    }
+
     /// Offers the frame to each recipient (see [`Registry::deliver`]); the first
     /// [`direct::PER_DELIVERY`] may get it written into their socket.
     pub fn offer(self, raw: &Utf8Bytes, envelope: impl FnOnce() -> Utf8Bytes) -> Delivery {
@@ -420,6 +427,7 @@ mod tests {
                 peer: addr,
                 handshake: None,
                 granted: std::sync::Mutex::new(None),
+                skip_through: Default::default(),
             };
             assert!(registry.register(Arc::new(conn), Tags::new().with("g", 0)));
             peers.push(peer.unwrap());

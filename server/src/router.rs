@@ -145,6 +145,11 @@ impl Fanout {
         };
         let mut sequencer = history.lock();
         let replay = since.map(|since| sequencer.replay(since, &tags));
+        if let Some(replay) = &replay {
+            // Set before it can be a recipient: under the sequencer, like every delivery.
+            conn.skip_through
+                .store(replay.skip_through, std::sync::atomic::Ordering::Relaxed);
+        }
         if !self.registry.register(conn.clone(), tags) {
             return None;
         }
@@ -260,6 +265,8 @@ impl Fanout {
         let frame = Utf8Bytes::from(encode_message_frame(&raw, tags_json, Some(&pos)));
         sequencer.keep_at(at.sequence, at.at, tags.clone(), frame.clone());
         let mut recipients = self.registry.recipients(tags);
+        // Connections that resumed here from a node ahead of this one have this request.
+        recipients.retain_after(at.sequence);
         if at.catch_up {
             self.metrics.bus_missed.inc_by(recipients.retain_envelope());
         }
@@ -818,5 +825,71 @@ mod tests {
         let text = r#"{"id":5,"message":"the \"type\" of it","tags":{"room":2}}"#;
         let (_, result) = router.route_text(text, &conn.conn, None).await;
         assert_eq!(result, Ok(Some(1)));
+    }
+}
+
+#[cfg(test)]
+mod cluster_resume_tests {
+    use super::*;
+    use crate::close::Closer;
+    use crate::outbox::Outbox;
+    use std::collections::VecDeque;
+
+    fn envelope_connection(registry: &Registry) -> Arc<Connection> {
+        Arc::new(Connection {
+            id: registry.next_id(),
+            envelope: true,
+            outbox: Outbox::new(16, None),
+            closer: Closer::default(),
+            peer: ([127, 0, 0, 1], 9).into(),
+            handshake: None,
+            granted: Default::default(),
+            skip_through: Default::default(),
+        })
+    }
+
+    fn deliver(fanout: &Fanout, sequence: u64) {
+        let at = Positioned {
+            epoch: "c",
+            sequence,
+            at: Instant::now(),
+            catch_up: false,
+        };
+        let payload = format!("\"m{sequence}\"");
+        assert!(fanout
+            .deliver_positioned(at, &Tags::new(), "{}", payload)
+            .is_some());
+    }
+
+    /// A client that read up to c.3 on a node ahead resumes on this one, still at c.1: nothing
+    /// is replayed, nothing is missed, and c.2 and c.3 reach it once, from the other node only.
+    #[test]
+    fn a_resume_from_a_node_ahead_gets_each_request_once() {
+        let registry = Arc::new(Registry::default());
+        let limits = crate::history::Limits {
+            requests: 100,
+            bytes: 1 << 20,
+            ttl: std::time::Duration::from_secs(60),
+        };
+        let fanout = Fanout::new(registry.clone(), Arc::default(), Some(limits));
+        fanout.synced("c", 0);
+        deliver(&fanout, 1);
+        let conn = envelope_connection(&registry);
+        let greeting = fanout.open(&conn, Tags::new(), Some("c.3")).unwrap();
+        let greeting: Vec<String> = greeting.iter().map(|f| f.to_string()).collect();
+        assert_eq!(greeting.len(), 2, "{greeting:?}");
+        assert!(greeting[1].contains(r#""recovered":true"#), "{greeting:?}");
+        assert!(greeting[1].contains(r#""missed":0"#), "{greeting:?}");
+        for sequence in 2..=4 {
+            deliver(&fanout, sequence);
+        }
+        let mut frames = VecDeque::new();
+        conn.outbox.take(&mut frames);
+        let frames: Vec<String> = frames.iter().map(|f| f.to_string()).collect();
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert!(
+            frames[0].contains("m4") && frames[0].contains("c.4"),
+            "{frames:?}"
+        );
     }
 }

@@ -83,6 +83,7 @@ pub fn connection(
         peer: ([127, 0, 0, 1], 9).into(),
         handshake: None,
         granted: Default::default(),
+        skip_through: Default::default(),
     });
     let slot = registry.reserve(None).expect("no limit");
     assert!(registry.register(conn.clone(), tags));
