@@ -312,6 +312,15 @@ impl Sequencer<'_> {
         let (after, recovered) = match since.map(|s| ring.sequence_of(s)) {
             None => (0, ring.evicted_through == 0),
             Some(Some(s)) if s <= ring.last => (s, s >= ring.evicted_through),
+            // Given by a node ahead of this one (see `replay`): nothing yet, and the cursor
+            // stays where the caller is, so that the next page does not go back.
+            Some(Some(s)) if ring.follows_cluster && s - ring.last <= MAX_LAG => {
+                return Page {
+                    frames: Vec::new(),
+                    recovered: true,
+                    pos: ring.position(s),
+                }
+            }
             Some(_) => (0, false),
         };
         let mut last = ring.last;
@@ -448,6 +457,12 @@ mod tests {
         assert_eq!((r.recovered, r.frames.len(), r.skip_through), (true, 0, 12));
         let r = s.replay("c.9000000", &Tags::new());
         assert_eq!((r.recovered, r.frames.len(), r.skip_through), (false, 3, 0));
+        // The same for a page of GET /history: empty, whole, and the cursor kept.
+        let page = s.page(Some("c.12"), &Tags::new(), 10);
+        assert_eq!(
+            (page.frames.len(), page.recovered, page.pos.as_str()),
+            (0, true, "c.12")
+        );
         // A new epoch: nothing of the old one is recovered.
         s.restart("d", 0);
         assert_eq!(s.epoch(), "d");
