@@ -198,11 +198,15 @@ def main():
     r[("lone-3p", "tagcast")] = run("tagcast", "fanout", *three_load)
     r[("cluster3", "tagcast")] = run_cluster(3, "fanout", *three_load, spread=True)
     # 6. Slow consumers: 1% of 1,000 subscribers never read (with 4 KiB receive buffers), with
-    # enough data (8 MB each) to overflow their queues; the same run without them to compare.
-    r[("slow", "tagcast")] = run("tagcast", "slow", "--subscribers", 1000, "--groups", 1, "--in-flight", 16,
-                                 "--messages", 8000 // q, "--payload", 1024, "--slow-percent", 1)
-    r[("burst1k", "tagcast")] = run("tagcast", "fanout", "--subscribers", 1000, "--groups", 1,
-                                    "--in-flight", 16, "--messages", 8000 // q, "--payload", 1024)
+    # enough data (8 MB each) to overflow their queues; the same run without them to compare,
+    # back to back, three times (a single pair moves by +-15% on this machine).
+    for pair in range(3):
+        r[(f"slow-{pair}", "tagcast")] = run("tagcast", "slow", "--subscribers", 1000, "--groups", 1,
+                                             "--in-flight", 16, "--messages", 8000 // q,
+                                             "--payload", 1024, "--slow-percent", 1)
+        r[(f"burst1k-{pair}", "tagcast")] = run("tagcast", "fanout", "--subscribers", 1000,
+                                                "--groups", 1, "--in-flight", 16,
+                                                "--messages", 8000 // q, "--payload", 1024)
     # The plot: burst fan-out against subscribers.
     for subs in ([100, 1000, 5000, 10000] if not opts.quick else [100, 1000]):
         for s in servers:
@@ -241,9 +245,15 @@ def main():
           f"{p99:.2f}x ({r[('latency', t)]['latency_p99_us']} vs {r[('latency', w)]['latency_p99_us']} us at {half:.0f} req/s)")
     ratio = r[("connect", t)]["connects_per_sec"] / r[("connect", w)]["connects_per_sec"]
     check("5 handshakes/s >= 2x", ratio >= 2, f"{ratio:.2f}x ({r[('connect', t)]['connects_per_sec']:.0f} vs {r[('connect', w)]['connects_per_sec']:.0f}/s)")
-    keep = r[("slow", t)]["deliveries_per_sec"] / r[("burst1k", t)]["deliveries_per_sec"]
-    check("6 slow consumers: others keep >= 90%", keep >= 0.9,
-          f"{keep:.2f} of the throughput without slow ones; {r[('slow', t)]['slow_disconnected']}/{r[('slow', t)]['slow_subscribers']} slow ones disconnected; RSS {r[('slow', t)]['server_rss_kib']} KiB")
+    keeps = [r[(f"slow-{p}", t)]["deliveries_per_sec"] / r[(f"burst1k-{p}", t)]["deliveries_per_sec"]
+             for p in range(3)]
+    keep = statistics.median(keeps)
+    slow = r[("slow-0", t)]
+    check("6 slow consumers: others keep >= 90%, median of 3 pairs", keep >= 0.9,
+          f"{keep:.2f} of the throughput without slow ones (pairs "
+          + ", ".join(f"{k:.2f}" for k in keeps)
+          + f"); {slow['slow_disconnected']}/{slow['slow_subscribers']} slow ones disconnected; "
+          f"RSS {slow['server_rss_kib']} KiB")
     ratio = r[("connect-burst", t)]["connects_per_sec"] / r[("connect", t)]["connects_per_sec"]
     check("8 handshakes/s during a burst fan-out >= 0.5x of without", ratio >= 0.5,
           f"{ratio:.2f}x ({r[('connect-burst', t)]['connects_per_sec']:.0f} vs {r[('connect', t)]['connects_per_sec']:.0f}/s, "
@@ -271,7 +281,7 @@ def main():
               ratio >= 0.9, f"{ratio:.2f}x throughput, {cpu:.2f}x CPU per delivery (pairs: "
               + ", ".join(f"{on['deliveries_per_sec']:.0f} vs {off['deliveries_per_sec']:.0f}/s"
                           for on, off in pairs) + ")")
-    lost = sum(v.get("lost", 0) + v.get("reordered", 0) + v.get("duplicates", 0) for (k, s), v in r.items() if s == t and k != "slow")
+    lost = sum(v.get("lost", 0) + v.get("reordered", 0) + v.get("duplicates", 0) for (k, s), v in r.items() if s == t and not k.startswith("slow"))
     check("no loss or reordering (tagcast)", lost == 0, f"{lost} lost/reordered/duplicated")
     print("\n".join(lines))
 
