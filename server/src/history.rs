@@ -78,6 +78,8 @@ struct Ring {
     /// Whether this copy follows a cluster's history ([`Sequencer::restart`]), where another
     /// node may be ahead.
     follows_cluster: bool,
+    /// The highest `skip_through` a replay gave in this epoch: deliveries after it skip no one.
+    skipped_through: u64,
 }
 
 impl Ring {
@@ -259,6 +261,14 @@ impl<'a> Sequencer<'a> {
         ring.last = last;
         ring.evicted_through = last;
         ring.follows_cluster = true;
+        ring.skipped_through = 0;
+    }
+
+    /// Whether a connection may have been resumed from a position at or after `sequence`
+    /// without this node having reached it ([`Replay::skip_through`]): only then must a
+    /// delivery of `sequence` look for such connections.
+    pub fn skips(&self, sequence: u64) -> bool {
+        sequence <= self.ring.skipped_through
     }
 
     /// The position of the last routed request (the cursor of a fresh connection).
@@ -284,6 +294,7 @@ impl<'a> Sequencer<'a> {
             .filter(|e| e.sequence > after && tags.contains_all(&e.tags))
             .map(|e| e.frame.clone())
             .collect();
+        self.ring.skipped_through = self.ring.skipped_through.max(skip_through);
         Replay {
             frames,
             recovered,

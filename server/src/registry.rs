@@ -337,18 +337,6 @@ impl Recipients {
             return 0;
         }
         let head = &self.list[..self.list.len().min(direct::PER_DELIVERY)];
-        // Each frame encoded once, before any outbox is locked.
-        let (mut raw, mut envelope) = (None, None);
-        for conn in head {
-            let encoded = if conn.envelope {
-                &mut envelope
-            } else {
-                &mut raw
-            };
-            if encoded.is_none() {
-                *encoded = Some(encode_frame(frame_for(conn).as_bytes()));
-            }
-        }
         let mut claims = Vec::with_capacity(head.len());
         let mut claimed = Vec::with_capacity(head.len());
         for conn in head {
@@ -358,11 +346,25 @@ impl Recipients {
             };
             claimed.push(claim.is_some());
             if let Some(claim) = claim {
-                let encoded = if conn.envelope { &envelope } else { &raw };
-                let encoded = encoded.as_deref().expect("encoded above");
-                claims.push((claim, frame_for(conn), encoded));
+                claims.push((claim, conn.envelope, frame_for(conn)));
             }
         }
+        // Each frame encoded once, and only if someone gets it directly: a burst to busy
+        // recipients claims none.
+        let encoded = |envelope: bool| {
+            claims
+                .iter()
+                .find(|(_, e, _)| *e == envelope)
+                .map(|(_, _, frame)| encode_frame(frame.as_bytes()))
+        };
+        let (raw, envelope) = (encoded(false), encoded(true));
+        let claims: Vec<_> = claims
+            .into_iter()
+            .map(|(claim, is_envelope, frame)| {
+                let encoded = if is_envelope { &envelope } else { &raw };
+                (claim, frame, encoded.as_deref().expect("encoded above"))
+            })
+            .collect();
         let mut pushed = crate::outbox::write_claimed(claims).into_iter();
         for (conn, claimed) in head.iter().zip(claimed) {
             let frame = frame_for(conn);

@@ -266,7 +266,9 @@ impl Fanout {
         sequencer.keep_at(at.sequence, at.at, tags.clone(), frame.clone());
         let mut recipients = self.registry.recipients(tags);
         // Connections that resumed here from a node ahead of this one have this request.
-        recipients.retain_after(at.sequence);
+        if sequencer.skips(at.sequence) {
+            recipients.retain_after(at.sequence);
+        }
         if at.catch_up {
             self.metrics.bus_missed.inc_by(recipients.retain_envelope());
         }

@@ -274,7 +274,18 @@ pub fn refuse_batches_on_this_thread() {
 /// `pending` and its writer flushes it. On a thread without a ring, each is one `send`.
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
 pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes, &[u8])>) -> Vec<Push> {
-    let sockets: Vec<SharedTcp> = claims.iter().map(|(c, _, _)| c.socket.clone()).collect();
+    // The sockets apart, so that their `pending` locks can be held while the states change.
+    let (claims, sockets): (Vec<_>, Vec<SharedTcp>) = claims
+        .into_iter()
+        .map(|(claim, frame, encoded)| {
+            let Claim {
+                outbox,
+                state,
+                socket,
+            } = claim;
+            ((outbox, state, frame, encoded), socket)
+        })
+        .collect();
     let mut pending: Vec<_> = sockets
         .iter()
         .map(|socket| socket.try_pending().filter(|p| p.is_empty()))
@@ -284,7 +295,7 @@ pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes, &[u8])>) -> Vec<Push> {
         .zip(&sockets)
         .zip(&claims)
         .filter(|((pending, _), _)| pending.is_some())
-        .map(|((_, socket), (_, _, encoded))| uring::Write {
+        .map(|((_, socket), (_, _, _, encoded))| uring::Write {
             fd: socket.fd(),
             frame: encoded,
         })
@@ -295,7 +306,7 @@ pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes, &[u8])>) -> Vec<Push> {
     let mut results = results.into_iter();
     let mut pushed = Vec::with_capacity(claims.len());
     let mut wake = Vec::new();
-    for ((mut claim, frame, encoded), (pending, socket)) in
+    for ((outbox, mut state, frame, encoded), (pending, socket)) in
         claims.into_iter().zip(pending.iter_mut().zip(&sockets))
     {
         let taken = match pending {
@@ -306,8 +317,8 @@ pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes, &[u8])>) -> Vec<Push> {
                 };
                 if taken > 0 && taken < encoded.len() {
                     pending.extend_from_slice(&encoded[taken..]);
-                    claim.outbox.flush.store(true, Ordering::Release);
-                    wake.push(claim.outbox);
+                    outbox.flush.store(true, Ordering::Release);
+                    wake.push(outbox);
                 }
                 taken
             }
@@ -315,11 +326,11 @@ pub fn write_claimed(claims: Vec<(Claim<'_>, &Utf8Bytes, &[u8])>) -> Vec<Push> {
         };
         if taken > 0 {
             pushed.push(Push::Written);
-        } else if claim.outbox.capacity == 0 {
+        } else if outbox.capacity == 0 {
             pushed.push(Push::Full);
         } else {
-            claim.state.frames.push_back(frame.clone());
-            wake.push(claim.outbox);
+            state.frames.push_back(frame.clone());
+            wake.push(outbox);
             pushed.push(Push::Queued);
         }
     }

@@ -702,41 +702,31 @@ const API_KEY: &str = "k3y-0f-the-server-api-9f8e7d";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_exits_2_naming_it() {
-    let url = unreachable_redis_url();
-    // With a password in the URL the error names the URL with the password masked.
-    let (status, _, stderr) = run(
-        &[
+    // `serve --redis URL`: its exit code and stderr.
+    async fn serve_with_redis(url: &str) -> (Option<i32>, String) {
+        let args = [
             "serve",
             "--host",
             "127.0.0.1",
             "--port",
             "0",
             "--redis",
-            "redis://tagcast:hunter2-redis-pass@127.0.0.1:1/",
-        ],
-        &[],
-    )
-    .await;
-    assert_eq!(status.code(), Some(2), "{stderr}");
+            url,
+        ];
+        let (status, _, stderr) = run(&args, &[]).await;
+        (status.code(), stderr)
+    }
+    // With a password in the URL the error names the URL with the password masked.
+    let (code, stderr) = serve_with_redis("redis://tagcast:hunter2-redis-pass@127.0.0.1:1/").await;
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("redis://tagcast:***@127.0.0.1:1/"),
         "{stderr}"
     );
     assert!(!stderr.contains("hunter2-redis-pass"), "{stderr}");
-    let (status, _, stderr) = run(
-        &[
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--redis",
-            &url,
-        ],
-        &[],
-    )
-    .await;
-    assert_eq!(status.code(), Some(2), "{stderr}");
+    let url = unreachable_redis_url();
+    let (code, stderr) = serve_with_redis(&url).await;
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains(&url), "{stderr}");
     assert!(!stderr.contains("listening on"), "{stderr}");
 }
