@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Row 11 of BENCHMARKS.md as many times as asked, with where the CPU went: each pair is a
+lone node, then two nodes on one redis-server (publisher on node A, subscribers on node B),
+under the same fan-out load. Prints one line per run and the median ratio at the end.
+
+    cargo build --release -p tagcast-server -p tagcast-bench
+    python3 bench/cluster_pairs.py --pairs 10
+
+CPU is read from /proc for each process (node A, node B, redis-server) and from the load
+generator's rusage, in seconds over the run.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+
+import compare
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_secs(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def measured(server, procs, *args):
+    """Runs the fan-out against `server`; adds the CPU each of `procs` (name: Popen) and the
+    load generator spent."""
+    before = {name: cpu_secs(p.pid) for name, p in procs.items()}
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cmd = [compare.BENCH, "fanout", "--url", f"ws://127.0.0.1:{server.port}", "--server", "tagcast",
+           "--server-pid", str(server.proc.pid), *map(str, args)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    cpu = {name: round(cpu_secs(p.pid) - before[name], 2) for name, p in procs.items()}
+    cpu["load generator"] = round(after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime, 2)
+    return {"deliveries_per_sec": result["deliveries_per_sec"], "cpu_secs": cpu}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=10)
+    parser.add_argument("--in-flight", type=int, default=16)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--serve", nargs="*", default=[], help="extra `tagcast serve` arguments, e.g. --history 0")
+    args = parser.parse_args()
+    load = ("--subscribers", 1000, "--groups", 1, "--in-flight", args.in_flight, "--messages", args.messages)
+    ratios = []
+    for _ in range(args.pairs):
+        with compare.Server("tagcast", args.serve) as lone:
+            alone = measured(lone, {"node": lone.proc}, *load)
+        with compare.redis_cluster(2, args.serve) as ((a, b), redis):
+            procs = {"node A": a.proc, "node B": b.proc, "redis-server": redis}
+            cluster = measured(b, procs, "--publish-url", f"ws://127.0.0.1:{a.port}", *load)
+        ratios.append(cluster["deliveries_per_sec"] / alone["deliveries_per_sec"])
+        print(json.dumps({"lone": alone, "cluster": cluster, "ratio": round(ratios[-1], 3)}), flush=True)
+    print(json.dumps({"pairs": len(ratios), "median_ratio": round(statistics.median(ratios), 3),
+                      "ratios": [round(r, 3) for r in ratios]}))
+
+
+if __name__ == "__main__":
+    main()
