@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::auth::Handshake;
 use crate::close::{self, Closer, POLICY_VIOLATION, SLOW_CONSUMER};
 use crate::cluster::{Taken, Unavailable};
-use crate::outbox::{Outbox, Push};
+use crate::outbox::{direct, Outbox, Push};
 use crate::refusal::{Reason, Refusal};
 use crate::registry::Registered;
 use crate::router::{Flight, Greeting, RateLimiter, Router, Step};
@@ -80,7 +80,7 @@ impl Connection {
 
     /// Queues a frame without waiting (or writes it, see [`Outbox::push`] for `now`). A full
     /// queue closes the connection as a slow consumer.
-    pub fn offer(&self, frame: Utf8Bytes, now: Option<u64>) -> Offered {
+    pub fn offer(&self, frame: Utf8Bytes, now: Option<direct::Now>) -> Offered {
         if self.closer.closing().is_some() {
             return Offered::Dropped;
         }

@@ -48,6 +48,10 @@ thread_local! {
     /// The recipients of the delivery under way on this thread, collected under the index lock
     /// and offered after it: the buffer is kept, so a delivery allocates nothing in steady state.
     static RECIPIENTS: RefCell<Vec<Arc<Connection>>> = const { RefCell::new(Vec::new()) };
+    /// When this thread's last delivery ended: a delivery that follows another at once is part
+    /// of a burst ([`direct::IDLE_MICROS`]).
+    static LAST_DELIVERY_END: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// The outcome of [`Registry::deliver`].
@@ -180,10 +184,13 @@ impl Registry {
         let mut list = RECIPIENTS.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
         self.read()
             .for_each_match(tags, |Key(conn)| list.push(conn.clone()));
-        Recipients {
-            list,
-            now: self.direct.now(),
-        }
+        let now = self.direct.now().map(|micros| direct::Now {
+            micros,
+            steady: LAST_DELIVERY_END.get().is_none_or(|end| {
+                end.elapsed() >= std::time::Duration::from_micros(direct::IDLE_MICROS)
+            }),
+        });
+        Recipients { list, now }
     }
 
     /// How many connections have tags containing `tags`, and with `by`, how many of those per
@@ -267,7 +274,7 @@ impl Registry {
 #[derive(Debug)]
 pub struct Recipients {
     list: Vec<Arc<Connection>>,
-    now: Option<u64>,
+    now: Option<direct::Now>,
 }
 
 impl Recipients {
@@ -318,17 +325,21 @@ impl Recipients {
             let now = self.now.filter(|_| i < direct::PER_DELIVERY);
             delivery.count(conn.offer(frame.clone(), now), frame.len());
         }
+        if self.now.is_some() {
+            LAST_DELIVERY_END.set(Some(std::time::Instant::now()));
+        }
         delivery
     }
 
-    /// The first [`direct::PER_DELIVERY`] recipients, those that may be written to directly
-    /// with one system call for all (the `io-uring` feature), the others offered one by one;
+    /// The first [`direct::PER_DELIVERY_BATCHED`] recipients, those that may be written to
+    /// directly with one system call per [`direct::PER_DELIVERY`] (the `io-uring` feature), the
+    /// others offered one by one;
     /// returns how many recipients it took care of (0 on a thread without io_uring: they are
     /// offered one by one, each direct write one `send`).
     #[cfg(all(feature = "io-uring", target_os = "linux"))]
     fn write_batch<'f>(
         &self,
-        now: u64,
+        now: direct::Now,
         frame_for: &impl Fn(&Connection) -> &'f Utf8Bytes,
         delivery: &mut Delivery,
     ) -> usize {
@@ -336,7 +347,7 @@ impl Recipients {
         if !crate::outbox::batch_available() {
             return 0;
         }
-        let head = &self.list[..self.list.len().min(direct::PER_DELIVERY)];
+        let head = &self.list[..self.list.len().min(direct::PER_DELIVERY_BATCHED)];
         let mut claims = Vec::with_capacity(head.len());
         let mut claimed = Vec::with_capacity(head.len());
         for conn in head {

@@ -1,12 +1,14 @@
 //! Direct writes: the router writes a frame straight into a recipient's plain TCP socket.
 //!
 //! With one request in flight nothing batches, and waking a recipient's task to write one
-//! frame costs as much as the write itself. So a frame for a recipient that is *quiet* (offered
-//! nothing for [`QUIET_MICROS`]), with nothing queued or being written, goes straight into its
-//! socket ([`SharedTcp::try_frame`]); a busy recipient keeps batching through its queue. A
-//! delivery writes directly to at most [`PER_DELIVERY`] recipients, so a large fan-out is
-//! written by the recipients' own tasks, on every core. [`DirectWrites`] is the clock that every
-//! offer of a server shares, and the switch that turns the path off (`--direct-writes false`).
+//! frame costs as much as the write itself. So a frame for a recipient that is *quiet*
+//! ([`Pace::quiet`]: offered nothing for [`QUIET_MICROS`], or offered frames at a steady pace
+//! of one per [`STEADY_MICROS`] or slower, by a delivery whose thread was idle before it), with
+//! nothing queued or being written, goes straight into its socket ([`SharedTcp::try_frame`]); a busy recipient keeps batching through its
+//! queue. A delivery writes directly to at most [`PER_DELIVERY`] recipients one `send` each, or
+//! [`PER_DELIVERY_BATCHED`] with io_uring, so a large fan-out is written by the recipients' own
+//! tasks, on every core. [`DirectWrites`] is the clock that every offer of a server shares, and
+//! the switch that turns the path off (`--direct-writes false`).
 //!
 //! Frames must never interleave. Every write, the task's (through tungstenite and hyper) and
 //! the router's, goes through one lock, and a write is accepted whole: what the kernel does not
@@ -31,15 +33,72 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 /// writes through, and each one slowed the publisher, widening the gaps.)
 pub const QUIET_MICROS: u64 = 20_000;
 
+/// A connection offered frames at a steady pace is quiet too when the gaps between its offers
+/// average at least this (and the last one was at least half of it), in microseconds: its
+/// writer has long finished each frame when the next comes, so queueing batches nothing and
+/// only adds a task wake-up per frame. The average follows each gap by an eighth, so one long
+/// gap in a burst does not let direct writes through. Only for a delivery whose thread was idle
+/// before it ([`IDLE_MICROS`]).
+pub const STEADY_MICROS: u64 = 4_000;
+
+/// A delivery may count a steady pace as quiet ([`Now::steady`]) only when its thread finished
+/// its previous delivery at least this long before, in microseconds. A thread delivering back
+/// to back is in a burst: direct writes would make each delivery slower and the gaps longer,
+/// which would let more direct writes through, and the burst would stop batching for good.
+pub const IDLE_MICROS: u64 = 1_000;
+
 /// Recipients of one delivery that may be written to directly: the index is not held through
 /// them (deliveries write after releasing it), but the delivering task is, and a large fan-out
 /// is faster written by the recipients' own tasks on every core.
 pub const PER_DELIVERY: usize = 256;
 
-/// Records an offer at `now` in `last_offer` and tells whether the connection was quiet before
-/// it.
-pub fn quiet(last_offer: &AtomicU64, now: u64) -> bool {
-    now.saturating_sub(last_offer.swap(now, Ordering::Relaxed)) >= QUIET_MICROS
+/// Like [`PER_DELIVERY`], when the delivering thread sends its direct writes in batches (the
+/// `io-uring` feature): one system call per [`PER_DELIVERY`] writes costs less than waking
+/// each recipient's task to write its frame.
+pub const PER_DELIVERY_BATCHED: usize = 1024;
+
+/// The time of an offer (microseconds on the clock of [`DirectWrites`]), and whether a steady
+/// pace may count as quiet for it ([`IDLE_MICROS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Microseconds on the clock every offer of a server shares.
+    pub micros: u64,
+    /// The delivering thread was idle before this delivery.
+    pub steady: bool,
+}
+
+impl Now {
+    /// An offer at `micros` where only a pause makes a connection quiet.
+    pub fn at(micros: u64) -> Self {
+        Now {
+            micros,
+            steady: false,
+        }
+    }
+}
+
+/// When a connection was last offered a frame with a time, and the average gap between its
+/// offers: what makes it quiet.
+#[derive(Debug, Default)]
+pub struct Pace {
+    last: AtomicU64,
+    gap: AtomicU64,
+}
+
+impl Pace {
+    /// Records an offer at `now` and tells whether the connection was quiet before it:
+    /// offered nothing for [`QUIET_MICROS`], or (when `now` allows it) at a steady pace of
+    /// [`STEADY_MICROS`] or slower. Two offers at once may each miss the other's update of the
+    /// average: it is a hint, and either answer keeps the frames in order.
+    pub fn quiet(&self, now: Now) -> bool {
+        let gap = now
+            .micros
+            .saturating_sub(self.last.swap(now.micros, Ordering::Relaxed));
+        let average = self.gap.load(Ordering::Relaxed);
+        let average = (average - average / 8 + gap.min(QUIET_MICROS) / 8).min(QUIET_MICROS);
+        self.gap.store(average, Ordering::Relaxed);
+        gap >= QUIET_MICROS || (now.steady && gap >= STEADY_MICROS / 2 && average >= STEADY_MICROS)
+    }
 }
 
 /// The clock of direct writes, and their switch.
@@ -265,6 +324,54 @@ mod tests {
             frame_header(70_000, &mut out),
             [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
         );
+    }
+
+    /// An offer at `micros` by a thread that was idle before it.
+    fn idle(micros: u64) -> Now {
+        Now {
+            micros,
+            steady: true,
+        }
+    }
+
+    /// Offers at `gaps` (µs) apart after `start`, by idle threads when `steady`; whether each
+    /// found the connection quiet.
+    fn offered(pace: &Pace, start: u64, gaps: &[u64], steady: bool) -> Vec<bool> {
+        let mut micros = start;
+        gaps.iter()
+            .map(|gap| {
+                micros += gap;
+                pace.quiet(Now { micros, steady })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_connection_is_quiet_after_a_pause_or_at_a_steady_slow_pace() {
+        // Never offered anything: quiet at once; a burst right after it is not.
+        let pace = Pace::default();
+        assert!(pace.quiet(idle(1_000_000)));
+        assert_eq!(offered(&pace, 1_000_000, &[1_000; 20], true), [false; 20]);
+        // One long gap in the burst does not let a direct write through...
+        let burst = offered(&pace, 1_020_000, &[6_000, 1_000], true);
+        assert_eq!(burst, [false, false]);
+        // ...a pause of QUIET_MICROS does, whatever came before.
+        assert_eq!(offered(&pace, 1_027_000, &[QUIET_MICROS], false), [true]);
+
+        // One frame every 10 ms: its writer finished long ago, direct from the second gap on.
+        let pace = Pace::default();
+        assert!(pace.quiet(idle(1_000_000)));
+        let steady = offered(&pace, 1_000_000, &[10_000; 6], true);
+        assert_eq!(steady, [false, true, true, true, true, true]);
+        // The same pace from a thread that delivers back to back (a burst that direct
+        // writes would slow down): queued.
+        let busy = offered(&pace, 1_060_000, &[10_000; 3], false);
+        assert_eq!(busy, [false; 3]);
+
+        // Frames 3 ms apart keep queueing (their writer may still batch them).
+        let pace = Pace::default();
+        assert!(pace.quiet(idle(1_000_000)));
+        assert_eq!(offered(&pace, 1_000_000, &[3_000; 20], true), [false; 20]);
     }
 
     #[tokio::test]

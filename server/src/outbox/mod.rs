@@ -39,7 +39,7 @@ pub mod direct;
 mod uring;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
@@ -74,8 +74,8 @@ struct State {
 /// A bounded multi-producer, single-consumer queue of text frames.
 #[derive(Debug)]
 pub struct Outbox {
-    /// When the last frame was offered with a time ([`push`](Outbox::push)).
-    last_offer: AtomicU64,
+    /// When frames were offered with a time ([`push`](Outbox::push)).
+    pace: direct::Pace,
     state: Mutex<State>,
     capacity: usize,
     /// Frames the writer took and has not finished writing.
@@ -123,7 +123,7 @@ impl Outbox {
 
     fn with_state(capacity: usize, state: State) -> Self {
         Outbox {
-            last_offer: AtomicU64::new(0),
+            pace: direct::Pace::default(),
             state: Mutex::new(state),
             capacity,
             in_writer: AtomicUsize::new(0),
@@ -138,13 +138,14 @@ impl Outbox {
     }
 
     /// Queues a frame without waiting. With `now` (microseconds on any clock that all pushes
-    /// share), a frame for a connection quiet for [`direct::QUIET_MICROS`], with nothing queued or being
-    /// written, is written into its socket instead (the order of frames is kept either way).
-    pub fn push(&self, frame: Utf8Bytes, now: Option<u64>) -> Push {
+    /// share), a frame for a quiet connection ([`direct::Pace::quiet`]), with nothing queued or
+    /// being written, is written into its socket instead (the order of frames is kept either
+    /// way).
+    pub fn push(&self, frame: Utf8Bytes, now: Option<direct::Now>) -> Push {
         if self.closed.load(Ordering::Acquire) {
             return Push::Closed;
         }
-        let quiet = now.is_some_and(|now| direct::quiet(&self.last_offer, now));
+        let quiet = now.is_some_and(|now| self.pace.quiet(now));
         {
             let mut state = self.lock();
             let queued = state.frames.len() + self.in_writer.load(Ordering::Acquire);
@@ -214,8 +215,8 @@ impl Outbox {
     /// which writes a batch of them with one system call. Never waits for a lock (a batch holds
     /// many). Records the offer either way, like [`push`](Outbox::push).
     #[cfg(all(feature = "io-uring", target_os = "linux"))]
-    pub fn claim(&self, now: u64) -> Option<Claim<'_>> {
-        if self.closed.load(Ordering::Acquire) || !direct::quiet(&self.last_offer, now) {
+    pub fn claim(&self, now: direct::Now) -> Option<Claim<'_>> {
+        if self.closed.load(Ordering::Acquire) || !self.pace.quiet(now) {
             return None;
         }
         let state = self.state.try_lock().ok()?;
@@ -424,22 +425,23 @@ mod batch_tests {
         assert_eq!(busy.push("first".into(), None), Push::Queued);
         let (raw, envelope) = (Utf8Bytes::from("hi"), Utf8Bytes::from(r#"{"m":1}"#));
         let encoded = [&raw, &envelope].map(|f| direct::encode_frame(f.as_bytes()));
-        assert!(busy.claim(1_000_000).is_none());
+        let now = direct::Now::at(1_000_000);
+        assert!(busy.claim(now).is_none());
         let claims = vec![
-            (a.claim(1_000_000).unwrap(), &raw, &encoded[0][..]),
-            (b.claim(1_000_000).unwrap(), &envelope, &encoded[1][..]),
+            (a.claim(now).unwrap(), &raw, &encoded[0][..]),
+            (b.claim(now).unwrap(), &envelope, &encoded[1][..]),
         ];
         assert_eq!(write_claimed(claims), [Push::Written, Push::Written]);
         assert_eq!(read_exactly(&mut a_peer, 4).await, b"\x81\x02hi");
         assert_eq!(read_exactly(&mut b_peer, 9).await, b"\x81\x07{\"m\":1}");
         // Offered again at once, a connection is not quiet: its frames queue and batch.
-        assert!(a.claim(1_000_001).is_none());
+        assert!(a.claim(direct::Now::at(1_000_001)).is_none());
         let mut taken = VecDeque::new();
         assert!(!a.take(&mut taken));
         // A socket whose bytes are still pending gets its frame queued behind them.
         let (c, c_socket, _c_peer) = pair(&listener).await;
         let held = c_socket.try_pending().unwrap();
-        let claims = vec![(c.claim(1_000_000).unwrap(), &raw, &encoded[0][..])];
+        let claims = vec![(c.claim(now).unwrap(), &raw, &encoded[0][..])];
         assert_eq!(write_claimed(claims), [Push::Queued]);
         drop(held);
         assert!(c.take(&mut taken));
@@ -453,7 +455,8 @@ mod batch_tests {
         // 1 MiB into a peer that reads nothing yet: the kernel's small buffers take a part.
         let big = Utf8Bytes::from("x".repeat(1 << 20));
         let encoded = direct::encode_frame(big.as_bytes());
-        let claims = vec![(outbox.claim(1_000_000).unwrap(), &big, &encoded[..])];
+        let now = direct::Now::at(1_000_000);
+        let claims = vec![(outbox.claim(now).unwrap(), &big, &encoded[..])];
         let pushed = write_claimed(claims);
         assert_eq!(pushed, [Push::Written]);
         // The kernel took part of it: the writer is told to flush the rest, before its own.
