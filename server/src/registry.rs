@@ -422,17 +422,19 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
-    /// Three quiet plain-TCP connections with no task to write their queue: what reaches a
-    /// peer was written directly by the delivery.
-    async fn deliver_to_three_quiet_connections() {
+    /// Delivers to `n` quiet plain-TCP connections (connection 2 in envelope mode) that have no
+    /// task to write their queue; returns, for each, whether its peer got the frame written
+    /// directly (read from its socket) or it was queued instead (found in its outbox).
+    async fn deliver_to_quiet_connections(n: u64) -> Vec<bool> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let registry = Registry::new(true);
         let mut peers = Vec::new();
-        for id in 0..3 {
+        let mut conns = Vec::new();
+        for id in 0..n {
             let peer = TcpStream::connect(listener.local_addr().unwrap());
             let (accepted, peer) = tokio::join!(listener.accept(), peer);
             let (tcp, addr) = accepted.unwrap();
-            let conn = Connection {
+            let conn = Arc::new(Connection {
                 id,
                 envelope: id == 2,
                 outbox: Outbox::new(4, Some(SharedTcp::new(tcp))),
@@ -441,15 +443,23 @@ mod tests {
                 handshake: None,
                 granted: std::sync::Mutex::new(None),
                 skip_through: Default::default(),
-            };
-            assert!(registry.register(Arc::new(conn), Tags::new().with("g", 0)));
+            });
+            assert!(registry.register(conn.clone(), Tags::new().with("g", 0)));
             peers.push(peer.unwrap());
+            conns.push(conn);
         }
         let delivery = registry.deliver(&Tags::new().with("g", 0), &"hi".into(), || {
             r#"{"m":1}"#.into()
         });
-        assert_eq!(delivery.delivered, 3);
-        for (i, peer) in peers.iter_mut().enumerate() {
+        assert_eq!(delivery.delivered, n);
+        let mut direct = Vec::new();
+        for (i, (peer, conn)) in peers.iter_mut().zip(&conns).enumerate() {
+            let mut queued = std::collections::VecDeque::new();
+            if conn.outbox.take(&mut queued) {
+                assert_eq!(queued.len(), 1, "connection {i}");
+                direct.push(false);
+                continue;
+            }
             let expected: &[u8] = if i == 2 {
                 b"\x81\x07{\"m\":1}"
             } else {
@@ -458,24 +468,37 @@ mod tests {
             let mut got = vec![0; expected.len()];
             let read = tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got));
             read.await
-                .unwrap_or_else(|_| panic!("connection {i}: nothing written directly"))
+                .unwrap_or_else(|_| panic!("connection {i}: neither queued nor written"))
                 .unwrap();
             assert_eq!(got, expected, "connection {i}");
+            direct.push(true);
         }
+        direct
     }
 
+    /// How many were written directly (the index lists recipients in its own order).
+    fn direct_count(written: &[bool]) -> usize {
+        written.iter().filter(|direct| **direct).count()
+    }
+
+    /// One test, so that its sockets (two per connection) stay under a default limit of 1,024
+    /// open files: the other half runs after the first half's are closed.
     #[tokio::test]
-    async fn a_delivery_writes_its_quiet_recipients_directly_in_one_batch() {
+    async fn a_delivery_writes_its_quiet_recipients_directly_in_batches_or_one_by_one() {
         assert!(
             crate::outbox::batch_available(),
             "io_uring is refused on this machine (see the warning above)"
         );
-        deliver_to_three_quiet_connections().await;
-    }
+        assert_eq!(deliver_to_quiet_connections(3).await, [true; 3]);
+        // More than one io_uring_enter's worth (the batch cap is higher still).
+        let n = direct::PER_DELIVERY + 10;
+        let written = deliver_to_quiet_connections(n as u64).await;
+        assert_eq!(direct_count(&written), n);
 
-    #[tokio::test]
-    async fn without_io_uring_a_delivery_still_writes_its_quiet_recipients_directly() {
+        // Without io_uring: one send each, for at most PER_DELIVERY; the others queued.
         crate::outbox::refuse_batches_on_this_thread();
-        deliver_to_three_quiet_connections().await;
+        assert_eq!(deliver_to_quiet_connections(3).await, [true; 3]);
+        let written = deliver_to_quiet_connections(n as u64).await;
+        assert_eq!(direct_count(&written), direct::PER_DELIVERY);
     }
 }
