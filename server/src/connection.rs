@@ -4,9 +4,9 @@
 //! Requests are submitted to the router in the order they are read, and each takes its place
 //! on the bus before the next frame is read (per-sender order); in a cluster, up to
 //! [`MAX_IN_FLIGHT`] of them wait for the bus at once, and their answers (acks, errors) go
-//! back in the order of the requests. What the router queues in the connection's [`Outbox`](crate::outbox::Outbox) is written as one batch
+//! back in the order of the requests. What the router queues in the connection's [`Outbox`] is written as one batch
 //! and flushed once. Anyone can decide a close through the connection's
-//! [`Closer`](crate::close::Closer); the task then writes what was queued (unless the queue
+//! [`Closer`]; the task then writes what was queued (unless the queue
 //! overflowed), sends the close frame, reads until the peer answers, and drops the TCP
 //! connection by the deadline whatever happens. One task per connection, not a reader and a
 //! writer: an idle connection costs one future, not two, and no lock around a split socket.

@@ -1,7 +1,7 @@
 //! # tagcast-server: the Tagcast server as a library
 //!
 //! The `tagcast` binary is a thin shell over this crate; embed it to plug in your own
-//! [`MessageParser`](tagcast::MessageParser) or [`AuthManager`](auth::AuthManager), as the
+//! [`MessageParser`] or [`AuthManager`], as the
 //! original server's `server.php` did with PHP objects.
 //!
 //! Layout, following one request: [`http`] (the only module that names axum: upgrade, API,

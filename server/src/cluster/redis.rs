@@ -86,9 +86,9 @@ return seq
 "#
 );
 
-/// Reads where the cluster's history stands: its epoch (made from ARGV[1] when Redis has none),
-/// its last sequence, and the kept requests after ARGV[3] when ARGV[2] is the epoch (else the
-/// newest ARGV[4] of them, newest first). KEYS: epoch, sequence, stream.
+/// Reads where the cluster's history stands: its epoch (made from `ARGV[1]` when Redis has
+/// none), its last sequence, and the kept requests after `ARGV[3]` when `ARGV[2]` is the epoch
+/// (else the newest `ARGV[4]` of them, newest first). KEYS: epoch, sequence, stream.
 pub const SYNC: &str = concat!(
     epoch_lua!(),
     r#"local seq = tonumber(redis.call('GET', KEYS[2]) or '0')

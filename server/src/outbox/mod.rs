@@ -6,7 +6,7 @@
 //! Every frame for a connection goes out in the order it was offered, whichever path it takes:
 //! - a frame is written directly only when nothing is queued for the connection and nothing
 //!   taken by its writer is still unwritten, so it cannot overtake a queued frame;
-//! - a direct write is accepted whole by [`SharedTcp`](direct::SharedTcp): what the kernel does
+//! - a direct write is accepted whole by [`SharedTcp`]: what the kernel does
 //!   not take waits inside the socket and goes out before any later write, the writer's
 //!   included, so two frames never interleave;
 //! - before its close frame, the connection stops direct writes ([`Outbox::stop_direct`]), so
