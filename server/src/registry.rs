@@ -304,7 +304,8 @@ impl Recipients {
     }
 
     /// Offers the frame to each recipient (see [`Registry::deliver`]); the first
-    /// [`direct::PER_DELIVERY`] may get it written into their socket.
+    /// [`direct::PER_DELIVERY`] may get it written into their socket, or the first
+    /// [`direct::PER_DELIVERY_BATCHED`] on a thread that sends batches (io_uring).
     pub fn offer(self, raw: &Utf8Bytes, envelope: impl FnOnce() -> Utf8Bytes) -> Delivery {
         // The envelope frame is built once, for the first envelope recipient, if any.
         let envelope = std::cell::Cell::new(Some(envelope));
@@ -332,8 +333,7 @@ impl Recipients {
     }
 
     /// The first [`direct::PER_DELIVERY_BATCHED`] recipients, those that may be written to
-    /// directly with one system call per [`direct::PER_DELIVERY`] (the `io-uring` feature), the
-    /// others offered one by one;
+    /// directly with one system call per [`direct::PER_DELIVERY`] (the `io-uring` feature);
     /// returns how many recipients it took care of (0 on a thread without io_uring: they are
     /// offered one by one, each direct write one `send`).
     #[cfg(all(feature = "io-uring", target_os = "linux"))]
@@ -343,14 +343,31 @@ impl Recipients {
         frame_for: &impl Fn(&Connection) -> &'f Utf8Bytes,
         delivery: &mut Delivery,
     ) -> usize {
-        use crate::outbox::direct::encode_frame;
         if !crate::outbox::batch_available() {
             return 0;
         }
         let head = &self.list[..self.list.len().min(direct::PER_DELIVERY_BATCHED)];
-        let mut claims = Vec::with_capacity(head.len());
-        let mut claimed = Vec::with_capacity(head.len());
-        for conn in head {
+        // One batch of PER_DELIVERY at a time: a batch holds the locks of its recipients
+        // until the kernel has answered every write of it.
+        for chunk in head.chunks(direct::PER_DELIVERY) {
+            Self::write_chunk(now, chunk, frame_for, delivery);
+        }
+        head.len()
+    }
+
+    /// Claims the quiet recipients of `chunk` (at most [`direct::PER_DELIVERY`]), writes their
+    /// frames with one `io_uring_enter`, and offers the others their frame to queue.
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
+    fn write_chunk<'f>(
+        now: direct::Now,
+        chunk: &[Arc<Connection>],
+        frame_for: &impl Fn(&Connection) -> &'f Utf8Bytes,
+        delivery: &mut Delivery,
+    ) {
+        use crate::outbox::direct::encode_frame;
+        let mut claims = Vec::with_capacity(chunk.len());
+        let mut claimed = Vec::with_capacity(chunk.len());
+        for conn in chunk {
             let claim = match conn.closer.closing() {
                 Some(_) => None,
                 None => conn.outbox.claim(now),
@@ -377,7 +394,7 @@ impl Recipients {
             })
             .collect();
         let mut pushed = crate::outbox::write_claimed(claims).into_iter();
-        for (conn, claimed) in head.iter().zip(claimed) {
+        for (conn, claimed) in chunk.iter().zip(claimed) {
             let frame = frame_for(conn);
             let offered = match claimed {
                 true => conn.offered(pushed.next().expect("one push per claim")),
@@ -386,7 +403,6 @@ impl Recipients {
             };
             delivery.count(offered, frame.len());
         }
-        head.len()
     }
 }
 

@@ -29,8 +29,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 /// How long a connection must have been offered nothing for a frame to be written into its
 /// socket directly, in microseconds. A connection receiving faster than that gets its frames
-/// queued, so that its writer sends them several per write. (At 2 ms a burst's gaps let direct
-/// writes through, and each one slowed the publisher, widening the gaps.)
+/// queued, so that its writer sends them several per write, unless they come at a steady pace
+/// ([`STEADY_MICROS`]). (At 2 ms a burst's gaps let direct writes through, and each one slowed
+/// the publisher, widening the gaps.)
 pub const QUIET_MICROS: u64 = 20_000;
 
 /// A connection offered frames at a steady pace is quiet too when the gaps between its offers
@@ -47,9 +48,9 @@ pub const STEADY_MICROS: u64 = 4_000;
 /// which would let more direct writes through, and the burst would stop batching for good.
 pub const IDLE_MICROS: u64 = 1_000;
 
-/// Recipients of one delivery that may be written to directly: the index is not held through
-/// them (deliveries write after releasing it), but the delivering task is, and a large fan-out
-/// is faster written by the recipients' own tasks on every core.
+/// Recipients of one delivery that may be written to directly, one `send` each: the index is
+/// not held through them (deliveries write after releasing it), but the delivering task is,
+/// and a large fan-out is faster written by the recipients' own tasks on every core.
 pub const PER_DELIVERY: usize = 256;
 
 /// Like [`PER_DELIVERY`], when the delivering thread sends its direct writes in batches (the

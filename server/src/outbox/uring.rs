@@ -1,4 +1,4 @@
-//! One delivery's direct writes in one system call, through io_uring (the `io-uring` feature,
+//! A delivery's direct writes in one system call per [`DEPTH`], through io_uring (the `io-uring` feature,
 //! Linux): the only unsafe code in the server.
 //!
 //! Each thread that delivers keeps a ring of its own, made on first use and checked then: the
