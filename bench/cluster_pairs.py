@@ -15,7 +15,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 
 import compare
 
@@ -32,11 +31,8 @@ def measured(server, procs, *args):
     load generator spent."""
     before = {name: cpu_secs(p.pid) for name, p in procs.items()}
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cmd = [compare.BENCH, "fanout", "--url", f"ws://127.0.0.1:{server.port}", "--server", "tagcast",
-           "--server-pid", str(server.proc.pid), *map(str, args)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    result = compare.bench(server, "fanout", *args, echo=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
     cpu = {name: round(cpu_secs(p.pid) - before[name], 2) for name, p in procs.items()}
     cpu["load generator"] = round(after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime, 2)
     return {"deliveries_per_sec": result["deliveries_per_sec"], "cpu_secs": cpu}

@@ -72,13 +72,14 @@ class Server:
         time.sleep(0.5)
 
 
-def bench(server, scenario, *args):
+def bench(server, scenario, *args, echo=True):
     cmd = [BENCH, scenario, "--url", f"ws://127.0.0.1:{server.port}", "--server", server.kind,
            "--server-pid", str(server.proc.pid), *map(str, args)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["serve_args"] = list(server.extra)
-    print(json.dumps(result), flush=True)
+    if echo:
+        print(json.dumps(result), flush=True)
     return result
 
 

@@ -184,10 +184,12 @@ impl Registry {
         let mut list = RECIPIENTS.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
         self.read()
             .for_each_match(tags, |Key(conn)| list.push(conn.clone()));
-        let now = self.direct.now().map(|micros| direct::Now {
+        let at = std::time::Instant::now();
+        let now = self.direct.at(at).map(|micros| direct::Now {
             micros,
             steady: LAST_DELIVERY_END.get().is_none_or(|end| {
-                end.elapsed() >= std::time::Duration::from_micros(direct::IDLE_MICROS)
+                at.saturating_duration_since(end)
+                    >= std::time::Duration::from_micros(direct::IDLE_MICROS)
             }),
         });
         Recipients { list, now }
@@ -347,10 +349,13 @@ impl Recipients {
             return 0;
         }
         let head = &self.list[..self.list.len().min(direct::PER_DELIVERY_BATCHED)];
+        // Each frame kind (raw, envelope) encoded once for the whole delivery, and only if
+        // someone gets it directly: a burst to busy recipients claims none.
+        let encoded: [std::cell::OnceCell<Vec<u8>>; 2] = Default::default();
         // One batch of PER_DELIVERY at a time: a batch holds the locks of its recipients
         // until the kernel has answered every write of it.
         for chunk in head.chunks(direct::PER_DELIVERY) {
-            Self::write_chunk(now, chunk, frame_for, delivery);
+            Self::write_chunk(now, chunk, frame_for, &encoded, delivery);
         }
         head.len()
     }
@@ -362,9 +367,9 @@ impl Recipients {
         now: direct::Now,
         chunk: &[Arc<Connection>],
         frame_for: &impl Fn(&Connection) -> &'f Utf8Bytes,
+        encoded: &[std::cell::OnceCell<Vec<u8>>; 2],
         delivery: &mut Delivery,
     ) {
-        use crate::outbox::direct::encode_frame;
         let mut claims = Vec::with_capacity(chunk.len());
         let mut claimed = Vec::with_capacity(chunk.len());
         for conn in chunk {
@@ -377,20 +382,12 @@ impl Recipients {
                 claims.push((claim, conn.envelope, frame_for(conn)));
             }
         }
-        // Each frame encoded once, and only if someone gets it directly: a burst to busy
-        // recipients claims none.
-        let encoded = |envelope: bool| {
-            claims
-                .iter()
-                .find(|(_, e, _)| *e == envelope)
-                .map(|(_, _, frame)| encode_frame(frame.as_bytes()))
-        };
-        let (raw, envelope) = (encoded(false), encoded(true));
         let claims: Vec<_> = claims
             .into_iter()
             .map(|(claim, is_envelope, frame)| {
-                let encoded = if is_envelope { &envelope } else { &raw };
-                (claim, frame, encoded.as_deref().expect("encoded above"))
+                let encoded = encoded[usize::from(is_envelope)]
+                    .get_or_init(|| direct::encode_frame(frame.as_bytes()));
+                (claim, frame, &encoded[..])
             })
             .collect();
         let mut pushed = crate::outbox::write_claimed(claims).into_iter();

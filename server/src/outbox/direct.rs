@@ -4,10 +4,10 @@
 //! frame costs as much as the write itself. So a frame for a recipient that is *quiet*
 //! ([`Pace::quiet`]: offered nothing for [`QUIET_MICROS`], or offered frames at a steady pace
 //! of one per [`STEADY_MICROS`] or slower, by a delivery whose thread was idle before it), with
-//! nothing queued or being written, goes straight into its socket ([`SharedTcp::try_frame`]); a busy recipient keeps batching through its
-//! queue. A delivery writes directly to at most [`PER_DELIVERY`] recipients one `send` each, or
-//! [`PER_DELIVERY_BATCHED`] with io_uring, so a large fan-out is written by the recipients' own
-//! tasks, on every core. [`DirectWrites`] is the clock that every offer of a server shares, and
+//! nothing queued or being written, goes straight into its socket ([`SharedTcp::try_frame`]);
+//! a busy recipient keeps batching through its queue. A delivery writes directly to at most
+//! [`PER_DELIVERY`] recipients one `send` each, or [`PER_DELIVERY_BATCHED`] with io_uring, so a
+//! large fan-out is written by the recipients' own tasks, on every core. [`DirectWrites`] is the clock that every offer of a server shares, and
 //! the switch that turns the path off (`--direct-writes false`).
 //!
 //! Frames must never interleave. Every write, the task's (through tungstenite and hyper) and
@@ -118,12 +118,12 @@ impl DirectWrites {
         }
     }
 
-    /// The time to offer frames with: microseconds since the start plus a second, so that a
-    /// connection never offered anything (last offer at 0) counts as quiet from the start.
-    /// `None` when direct writes are off.
-    pub fn now(&self) -> Option<u64> {
+    /// The time to offer frames with at `instant`: microseconds since the start plus a second,
+    /// so that a connection never offered anything (last offer at 0) counts as quiet from the
+    /// start. `None` when direct writes are off.
+    pub fn at(&self, instant: std::time::Instant) -> Option<u64> {
         self.enabled
-            .then(|| 1_000_000 + self.start.elapsed().as_micros() as u64)
+            .then(|| 1_000_000 + instant.saturating_duration_since(self.start).as_micros() as u64)
     }
 }
 

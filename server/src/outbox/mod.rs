@@ -270,8 +270,7 @@ pub fn refuse_batches_on_this_thread() {
 
 /// Writes each claimed outbox its frame (the queued form, and the same frame encoded with its
 /// header), all with one `io_uring_enter` per [`direct::PER_DELIVERY`] (the `io-uring`
-/// feature), and releases them. The
-/// same rules hold as for one direct write: a socket whose `pending` lock is busy or not
+/// feature), and releases them. The same rules hold as for one direct write: a socket whose `pending` lock is busy or not
 /// empty, or that takes nothing, gets its frame queued; one that takes part keeps the rest in
 /// `pending` and its writer flushes it. On a thread without a ring, each is one `send`.
 #[cfg(all(feature = "io-uring", target_os = "linux"))]

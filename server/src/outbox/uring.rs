@@ -1,5 +1,5 @@
-//! A delivery's direct writes in one system call per [`DEPTH`], through io_uring (the `io-uring` feature,
-//! Linux): the only unsafe code in the server.
+//! A delivery's direct writes in one system call per [`DEPTH`], through io_uring (the
+//! `io-uring` feature, Linux): the only unsafe code in the server.
 //!
 //! Each thread that delivers keeps a ring of its own, made on first use and checked then: the
 //! kernel must know `IORING_OP_SEND` (Linux 5.6) and let this process call `io_uring_enter`
