@@ -361,7 +361,8 @@ fn main() -> ExitCode {
     let from_file = match config_file::apply(args.clone()) {
         Ok(from_file) => from_file,
         Err(e) => {
-            eprintln!("error: {}", one_line_plain(&e.to_string()));
+            set_error_format(json_logs_asked(&args));
+            print_error(&one_line_plain(&e.to_string()));
             return ExitCode::from(CONFIG_ERROR);
         }
     };
@@ -377,6 +378,7 @@ fn main() -> ExitCode {
         // A bad flag or variable: clap's whole message (what is missing, tips, possible
         // values, usage) on one line, exit 2.
         Err(e) => {
+            set_error_format(json_logs_asked(&args));
             // A refused value that came from the config file names the file and its key, not
             // a flag the operator never typed.
             let key = match (&from_file, e.get(clap::error::ContextKind::InvalidArg)) {
@@ -389,9 +391,12 @@ fn main() -> ExitCode {
                 Some((file, key)) => {
                     let message = one_line_plain(&e.to_string());
                     let message = message.trim_start_matches("error: ");
-                    eprintln!("error: {}: key '{key}': {message}", file.path.display());
+                    print_error(&format!("{}: key '{key}': {message}", file.path.display()));
                 }
-                None => eprintln!("{}", one_line(&e.to_string(), subcommand(&args))),
+                None => {
+                    let line = one_line(&e.to_string(), subcommand(&args));
+                    print_error(line.strip_prefix("error: ").unwrap_or(&line));
+                }
             }
             return ExitCode::from(CONFIG_ERROR);
         }
@@ -401,13 +406,14 @@ fn main() -> ExitCode {
         _ => LogFormat::Text,
     };
     init_tracing(log_format);
+    set_error_format(log_format == LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            print_error(&format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -458,6 +464,65 @@ fn one_line_plain(message: &str) -> String {
         line.push_str(part);
     }
     line
+}
+
+/// Whether `serve` and `check-config` print their startup errors as JSON log lines (set once
+/// the log format is known): a log collector reading `--log-format json` then parses every
+/// line, a refused start included.
+static ERRORS_AS_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn set_error_format(json: bool) {
+    ERRORS_AS_JSON.store(json, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Prints a startup error: `error: MESSAGE`, or with JSON logs an `ERROR` log object whose
+/// message is MESSAGE. Either way one line on stderr.
+fn print_error(message: &str) {
+    if ERRORS_AS_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        // Written here rather than through `tracing`: the log may not be set up yet (a refused
+        // flag), and `RUST_LOG` must not hide why the server did not start. The fields are
+        // those of the JSON log's own lines.
+        use tracing_subscriber::fmt::time::FormatTime;
+        let mut timestamp = String::new();
+        let _ = tracing_subscriber::fmt::time::SystemTime.format_time(
+            &mut tracing_subscriber::fmt::format::Writer::new(&mut timestamp),
+        );
+        let line = serde_json::json!({
+            "timestamp": timestamp,
+            "level": "ERROR",
+            "message": message,
+            "target": "tagcast",
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
+/// Whether `serve` or `check-config` was asked for JSON logs, read from the raw arguments and
+/// `TAGCAST_LOG_FORMAT` before clap has parsed them (for the errors clap itself refuses).
+fn json_logs_asked(args: &[std::ffi::OsString]) -> bool {
+    if !matches!(
+        args.get(1).and_then(|a| a.to_str()),
+        Some("serve" | "check-config")
+    ) {
+        return false;
+    }
+    let mut flag = None;
+    let mut rest = args.iter().skip(2).filter_map(|a| a.to_str());
+    while let Some(arg) = rest.next() {
+        if arg == "--" {
+            break;
+        } else if arg == "--log-format" {
+            flag = rest.next();
+        } else if let Some(value) = arg.strip_prefix("--log-format=") {
+            flag = Some(value);
+        }
+    }
+    match flag {
+        Some(value) => value == "json",
+        None => std::env::var("TAGCAST_LOG_FORMAT").is_ok_and(|v| v == "json"),
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -554,11 +619,11 @@ const CONFIG_ERROR: u8 = 2;
 /// `check-config` checks. A problem is printed, and is exit 2.
 async fn checked_server(config: Config) -> Result<Server, ExitCode> {
     let server = Server::builder().config(config).build().map_err(|e| {
-        eprintln!("error: {e}");
+        print_error(&e.to_string());
         ExitCode::from(CONFIG_ERROR)
     })?;
     if let Err(e) = server.connect_cluster().await {
-        eprintln!("error: {e}");
+        print_error(&e.to_string());
         return Err(ExitCode::from(CONFIG_ERROR));
     }
     Ok(server)
@@ -575,7 +640,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on {}:{}: {e}", addr.0, addr.1);
+            print_error(&format!("cannot listen on {}:{}: {e}", addr.0, addr.1));
             return ExitCode::from(CONFIG_ERROR);
         }
     };
@@ -590,7 +655,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     match server.run(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e.to_string());
             ExitCode::FAILURE
         }
     }

@@ -223,6 +223,80 @@ async fn json_logs_are_one_object_a_line() {
     );
 }
 
+/// README "Logs": with `--log-format json` a refused start is a JSON log line too, whichever
+/// step refuses it (a flag, the config file, a file it names, the port) and however the format
+/// was asked for (flag, variable, config file). `RUST_LOG` does not hide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_start_with_json_logs_is_one_json_line() {
+    let first = serve(&[], &[]).await;
+    let port = first.addr().port().to_string();
+    let bad_yaml = temp_file("bad.yaml", "port: [1\n");
+    let missing = "/no/such/auth.yaml";
+    let json_file = temp_file("json.yaml", &format!("log-format: json\nauth: {missing}\n"));
+    // Arguments, variables, and what the message must name.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["serve", "--log-format", "json", "--port", "nope"],
+            vec![],
+            "'nope'",
+        ),
+        (
+            vec![
+                "serve",
+                "--log-format=json",
+                "--config",
+                bad_yaml.to_str().unwrap(),
+            ],
+            vec![],
+            "bad.yaml",
+        ),
+        (
+            vec!["check-config", "--auth", missing],
+            vec![("TAGCAST_LOG_FORMAT", "json")],
+            missing,
+        ),
+        (
+            vec!["serve", "--config", json_file.to_str().unwrap()],
+            vec![],
+            missing,
+        ),
+        (
+            vec![
+                "serve",
+                "--log-format",
+                "json",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+            ],
+            vec![("RUST_LOG", "off")],
+            "cannot listen on 127.0.0.1:",
+        ),
+    ];
+    for (args, env, named) in cases {
+        let (status, stdout, stderr) = run(&args, &env).await;
+        assert_eq!(status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {stderr}");
+        let object: serde_json::Value = serde_json::from_str(lines[0])
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON: {stderr}: {e}"));
+        assert_eq!(object["level"], "ERROR", "{stderr}");
+        assert!(object["timestamp"].is_string(), "{stderr}");
+        let message = object["message"].as_str().unwrap_or_default();
+        assert!(message.contains(named), "{args:?}: {message}");
+        assert!(!message.starts_with("error:"), "{message}");
+    }
+    // Without JSON logs the same refusal stays a plain `error:` line.
+    let (status, _, stderr) = run(&["serve", "--port", "nope"], &[]).await;
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.starts_with("error: invalid value 'nope'"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_closes_with_1001() {
     let mut server = serve(&["--shutdown-grace", "30", "--api-key", "drain-k3y"], &[]).await;
