@@ -82,9 +82,12 @@ struct Inner {
     url: String,
     /// The connection's tags (the server's word after a retag).
     tags: Tags,
+    /// Whether `url` carries the tags: without them, a signed-tags connection has its token's.
+    tags_in_url: bool,
     /// The most tags of a connection or a send.
     max_tags: usize,
-    /// The signed-tags token of the `token` option, or the latest a retag was accepted with.
+    /// The signed-tags token of the `token` option, or the latest a retag was accepted with,
+    /// or the one the server sent when its API retagged the connection.
     token: Option<String>,
     /// A `setTags` sent with a token: its id and the token, which becomes the connection's
     /// once the server accepts the new tags (PROTOCOL.md §13).
@@ -204,6 +207,15 @@ async fn protocols(inner: &Rc<RefCell<Inner>>) -> Result<Vec<String>, String> {
             }
         }
     };
+    if let Some(token) = &token {
+        // A handshake without tags gets the token's (PROTOCOL.md §5.1): so does `tags`.
+        let mut i = inner.borrow_mut();
+        if !i.tags_in_url {
+            if let Ok(claims) = tagcast::token::read_claims(token) {
+                i.tags = claims.tags;
+            }
+        }
+    }
     let mut protocols = vec![SUBPROTOCOL.to_owned()];
     protocols.extend(token.map(|t| format!("tagcast.token.{t}")));
     Ok(protocols)
@@ -306,6 +318,7 @@ pub async fn connect(
         base,
         credentials,
         url,
+        tags_in_url: !tags.is_empty(),
         tags,
         max_tags: options.max_tags,
         token: options.token,
@@ -473,18 +486,29 @@ fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
             emit_resumed(inner, recovered, missed);
             return;
         }
-        ServerFrame::Tags { id, tags, pos } => {
-            // Retagged (PROTOCOL.md §13): a reconnect opens with the new tags.
+        ServerFrame::Tags {
+            id,
+            tags,
+            pos,
+            token,
+        } => {
+            // Retagged (PROTOCOL.md §13): a reconnect opens with the new tags, and with the
+            // token that allows them (the one of its own retag, or the one the server sent
+            // when its API retagged it; `getToken`, when given, still has the last word).
             {
                 let mut i = inner.borrow_mut();
                 if let Ok(url) = handshake_url(&i.base, &tags, &i.credentials) {
                     i.url = url;
+                    i.tags_in_url = !tags.is_empty();
                 }
                 i.tags = tags;
                 if let (Some(RequestId::Integer(id)), Some((sent, _))) = (&id, &i.retag_token) {
                     if id == sent {
                         i.token = i.retag_token.take().map(|(_, t)| t);
                     }
+                }
+                if token.is_some() {
+                    i.token = token;
                 }
             }
             let tags = field("tags");
@@ -668,8 +692,8 @@ impl TagcastClient {
     }
 
     /// The connection's tags: those it opened with, or the latest the server confirmed (a
-    /// `tags` event). Under `--signed-tags`, a connection opened without tags has its token's,
-    /// which the server does not repeat: `{}` here until a retag.
+    /// `tags` event). Under `--signed-tags`, a connection opened without tags has its token's:
+    /// those, read from the token.
     #[wasm_bindgen(getter, unchecked_return_type = "Tags")]
     pub fn tags(&self) -> JsValue {
         parse_json(&self.inner.borrow().tags.to_json())

@@ -939,10 +939,14 @@ async fn serve(mut socket: Socket, link: &mut Link) -> Ended {
                             Event::Message(Received { message, tags, pos, text: text.to_owned() })
                         }
                         ServerFrame::Resumed { recovered, missed } => Event::Resumed { recovered, missed },
-                        ServerFrame::Tags { id, tags, .. } => {
+                        ServerFrame::Tags { id, tags, token, .. } => {
                             // Retagged (PROTOCOL.md §13): a reconnect opens with the new tags,
-                            // and with the token that allowed them.
+                            // and with the token that allowed them: the one of its own retag,
+                            // or the one the server sent when its API retagged it.
                             link.builder.tags = tags.clone();
+                            if let Some(token) = token {
+                                link.builder.token = Some(Token::new(token));
+                            }
                             let mine = match id {
                                 Some(RequestId::Integer(id)) => pending.remove(&id),
                                 _ => None,

@@ -118,6 +118,10 @@ pub enum ServerFrame {
         /// The position of the last request routed before the change (history on).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pos: Option<String>,
+        /// With signed tags, when the server's API retagged the connection: a token for its new
+        /// tags (same application and expiry as its own), for its next handshake.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// A refused request; the connection stays open.
     Error {

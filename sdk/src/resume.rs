@@ -154,6 +154,7 @@ mod tests {
             id: None,
             tags: Default::default(),
             pos: Some("a.6".into()),
+            token: None,
         });
         assert_eq!(cursor.since(), Some("a.6"));
     }

@@ -30,6 +30,29 @@ use crate::refusal::{Reason, Refusal};
 use crate::registry::Registered;
 use crate::router::{Flight, Greeting, RateLimiter, Router, Step};
 
+/// What a connection's signed-tags token grants (PROTOCOL.md §5.1): the tags its retag
+/// commands must stay within, and the application and expiry a token the server signs for it
+/// after an API retag keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The tags it may listen with.
+    pub tags: Tags,
+    /// The application that signed the token.
+    pub key: String,
+    /// The token's expiry, Unix seconds.
+    pub exp: u64,
+}
+
+impl From<tagcast::TokenClaims> for Grant {
+    fn from(claims: tagcast::TokenClaims) -> Self {
+        Grant {
+            tags: claims.tags,
+            key: claims.key,
+            exp: claims.exp,
+        }
+    }
+}
+
 /// One open connection: what the router and the registry hold of it (the handle); its task is
 /// [`run`].
 #[derive(Debug)]
@@ -47,23 +70,23 @@ pub struct Connection {
     /// What it showed at the handshake, kept only for auth managers whose `authorize_send`
     /// reads it (`AuthManager::keeps_handshake`).
     pub handshake: Option<Box<Handshake>>,
-    /// With `--signed-tags`: the tags of its latest token, which bound its retag commands.
-    pub granted: std::sync::Mutex<Option<Box<Tags>>>,
+    /// With `--signed-tags`: what its latest token grants (its tags bound its retag commands).
+    pub granted: std::sync::Mutex<Option<Box<Grant>>>,
     /// In a cluster with history: it resumed from a position this node had not reached yet,
     /// so this node's requests up to that sequence are not offered to it (0: none).
     pub skip_through: std::sync::atomic::AtomicU64,
 }
 
 impl Connection {
-    /// The tags its latest signed-tags token grants.
-    pub fn granted(&self) -> Option<Tags> {
+    /// What its latest signed-tags token grants.
+    pub fn granted(&self) -> Option<Grant> {
         let granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
         granted.as_deref().cloned()
     }
 
-    /// Records the tags of a newer token.
-    pub fn set_granted(&self, tags: Tags) {
-        *self.granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(tags));
+    /// Records what a newer token grants.
+    pub fn set_granted(&self, grant: Grant) {
+        *self.granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(grant));
     }
 
     /// The handshake `authorize_send` sees: the kept one, or the peer address alone.

@@ -9,6 +9,7 @@ use http::header::SEC_WEBSOCKET_PROTOCOL;
 use tagcast::{Tags, TagsError, TokenError, SUBPROTOCOL};
 
 use crate::auth::{ApplicationsAuthManager, AuthManager, Handshake};
+use crate::connection::Grant;
 use crate::history::check_position;
 use crate::registry::{Registry, Slot};
 
@@ -64,8 +65,8 @@ pub struct Admitted {
     pub envelope: bool,
     /// The position it resumes from (`since`, envelope mode only).
     pub since: Option<String>,
-    /// With `--signed-tags`: the tags its token grants (they bound its retag commands).
-    pub granted: Option<Tags>,
+    /// With `--signed-tags`: what its token grants (its tags bound its retag commands).
+    pub granted: Option<Grant>,
     /// The handshake, kept for auth managers whose `authorize_send` reads it.
     pub handshake: Option<Box<Handshake>>,
 }
@@ -163,7 +164,7 @@ impl Admission {
         handshake: &Handshake,
         token_protocol: Option<&str>,
         now: u64,
-    ) -> Result<(Tags, Tags), Refused> {
+    ) -> Result<(Tags, Grant), Refused> {
         let token = handshake
             .query_value("token")
             .or_else(|| token_protocol.map(|p| &p[TOKEN_PROTOCOL_PREFIX.len()..]));
@@ -174,11 +175,11 @@ impl Admission {
                 .map_err(refused)?,
         };
         match handshake.query_value("tags") {
-            None => Ok((claims.tags.clone(), claims.tags)),
+            None => Ok((claims.tags.clone(), claims.into())),
             Some(json) => {
                 let asked = self.parse_tags(json)?;
                 if claims.tags.contains_all(&asked) {
-                    Ok((asked, claims.tags))
+                    Ok((asked, claims.into()))
                 } else {
                     Err(refused(TokenError::Subset))
                 }
@@ -351,6 +352,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ok.tags, Tags::new().with("user", 42));
+        // What the token grants is kept whole: its retags and a token signed for it later
+        // need it.
+        let grant = Grant {
+            tags: granted,
+            key: "app".into(),
+            exp: NOW + 60,
+        };
+        assert_eq!(ok.granted, Some(grant));
     }
 
     #[test]

@@ -155,15 +155,18 @@ impl ServerBuilder {
             max_tags: config.max_tags,
             metrics: metrics.clone(),
             bus: bus.clone(),
-            fanout: Arc::new(Fanout::new(
-                registry.clone(),
-                metrics.clone(),
-                Some(history::Limits {
-                    requests: config.history,
-                    bytes: config.history_bytes,
-                    ttl: config.history_ttl,
-                }),
-            )),
+            fanout: Arc::new(
+                Fanout::new(
+                    registry.clone(),
+                    metrics.clone(),
+                    Some(history::Limits {
+                        requests: config.history,
+                        bytes: config.history_bytes,
+                        ttl: config.history_ttl,
+                    }),
+                )
+                .with_tokens(tokens.clone()),
+            ),
             tokens: tokens.clone(),
             refusals: Default::default(),
         });

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::auth::{ApplicationsAuthManager, AuthManager, Handshake};
 use crate::close::{SERVICE_RESTART, SERVICE_RESTART_REASON};
 use crate::cluster::{BoxFuture, Bus, Submitted, Taken, Unavailable};
-use crate::connection::{Connection, Offered};
+use crate::connection::{Connection, Grant, Offered};
 use crate::history::{History, Limits, Sequencer};
 use crate::metrics::{Metrics, Transport};
 use crate::refusal::{Reason, Refusal};
@@ -67,6 +67,8 @@ pub struct Fanout {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     history: Option<History>,
+    /// With `--signed-tags`: the applications whose secrets sign the token an API retag sends.
+    tokens: Option<Arc<ApplicationsAuthManager>>,
 }
 
 /// The answer of [`Fanout::retag`].
@@ -106,7 +108,15 @@ impl Fanout {
             registry,
             metrics,
             history,
+            tokens: None,
         }
+    }
+
+    /// With `--signed-tags`: an API retag sends each connection that has a token a new one for
+    /// its new tags, signed with its application's secret (PROTOCOL.md §13).
+    pub fn with_tokens(mut self, tokens: Option<Arc<ApplicationsAuthManager>>) -> Self {
+        self.tokens = tokens;
+        self
     }
 
     /// This node's connections.
@@ -200,11 +210,26 @@ impl Fanout {
                 continue; // closed meanwhile
             }
             retagged.retagged += 1;
+            // Its token must allow its new tags, or its next handshake would be refused
+            // (`subset`): what it grants changes as its tags did, signed anew.
+            let token = conn.granted().and_then(|mut grant| {
+                for (name, value) in set.iter() {
+                    let _ = grant.tags.insert(name, value.clone());
+                }
+                for name in unset {
+                    grant.tags.remove(name);
+                }
+                let secret = self.tokens.as_ref()?.secret_of(&grant.key)?;
+                let token = tagcast::sign_tags_until(&grant.key, secret, &grant.tags, grant.exp);
+                conn.set_granted(grant);
+                Some(token)
+            });
             if conn.envelope {
                 let frame = ServerFrame::Tags {
                     id: None,
                     tags: new,
                     pos: pos.clone(),
+                    token,
                 };
                 frames.push((conn, Utf8Bytes::from(frame.to_json())));
             }
@@ -230,7 +255,12 @@ impl Fanout {
             return false;
         }
         let _turn = sequencer.map(Sequencer::offer_turn);
-        let frame = ServerFrame::Tags { id, tags, pos };
+        let frame = ServerFrame::Tags {
+            id,
+            tags,
+            pos,
+            token: None,
+        };
         if conn.offer(Utf8Bytes::from(frame.to_json()), None) == Offered::SlowConsumer {
             self.metrics.slow_consumers.inc();
         }
@@ -472,13 +502,13 @@ impl Router {
                     let claims =
                         tagcast::token::verify(token, now, |key| applications.secret_of(key))
                             .map_err(|e| Refusal::new(Reason::Unauthorized, e.to_string()))?;
-                    Some(claims.tags)
+                    Some(Grant::from(claims))
                 }
                 Some(_) => return Err(bad("'token' must be a string".into())),
                 None => None,
             };
             let allowed = granted.clone().or_else(|| conn.granted());
-            if !allowed.is_some_and(|g| g.contains_all(&tags)) {
+            if !allowed.is_some_and(|g| g.tags.contains_all(&tags)) {
                 return Err(Refusal::new(
                     Reason::Unauthorized,
                     tagcast::TokenError::Subset.to_string(),

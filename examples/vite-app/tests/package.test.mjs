@@ -504,7 +504,7 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
       return r;
     }, { url: server.ws, proxied: proxy.ws, tokens });
     assert.deepEqual(result, {
-      noToken: "closed", badToken: "closed", tags: {}, wider: "unauthorized",
+      noToken: "closed", badToken: "closed", tags: { user: 42 }, wider: "unauthorized",
       withWide: { user: 42, room: 1 },
     });
     // It reconnects with its new tags and the token that allows them (the first would not).
@@ -513,6 +513,33 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
     proxy.mend();
     assert.deepEqual(await page.evaluate(() => window.wideBack), { recovered: true, missed: 0 });
     assert.deepEqual(await page.evaluate(() => window.withToken.tags), { user: 42, room: 1 });
+    // The server's API moves it to room 2: the tags frame carries a token for its new tags, so
+    // its next reconnect is not refused (its own token allows room 1 only).
+    await page.evaluate(() => {
+      window.moved = new Promise((resolve) => window.withToken.on("tags", resolve));
+      window.movedBack = new Promise((resolve) => window.withToken.on("resumed", resolve));
+    });
+    const retag = await fetch(`${server.http}/retag`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${API_KEY}` },
+      body: JSON.stringify({ tags: { user: 42 }, set: { room: 2 } }),
+    });
+    assert.deepEqual(await retag.json(), { retagged: 1, refused: 0, partial: false });
+    assert.deepEqual((await page.evaluate(() => window.moved)).tags, { user: 42, room: 2 });
+    proxy.cut();
+    await page.waitForFunction(() => window.withToken.state === "reconnecting");
+    proxy.mend();
+    assert.deepEqual(await page.evaluate(() => window.movedBack), { recovered: true, missed: 0 });
+    await page.evaluate(() => {
+      window.inRoom2 = new Promise((resolve) => window.withToken.on("message", ({ message }) => resolve(message)));
+    });
+    const toRoom2 = await fetch(`${server.http}/publish`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${API_KEY}` },
+      body: JSON.stringify({ message: "in room 2", tags: { room: 2 } }),
+    });
+    assert.deepEqual(await toRoom2.json(), { delivered: 1 });
+    assert.equal(await page.evaluate(() => window.inRoom2), "in room 2");
     await page.evaluate(() => window.withToken.close());
 
     const asked = await page.evaluate(async ({ proxied, tokens }) => {

@@ -580,6 +580,55 @@ async fn set_tags_refusals_tokens_and_the_next_reconnect() {
     node.stop().await;
 }
 
+/// The server's API moves a signed-tags client to another room: the `tags` frame carries a
+/// token for its new tags, and its next reconnect opens with both (its own token would be
+/// refused with `subset`, and the client would be locked out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_retag_survives_the_next_reconnect() {
+    let node = Node::start(signed_config(AUTH_YAML)).await;
+    let (room1, room3) = (
+        Tags::new().with("user", 42).with("room", 1),
+        Tags::new().with("user", 42).with("room", 3),
+    );
+    let client = WebSocketClient::builder(node.url())
+        .token(token(&room1))
+        .reconnect(fast())
+        .connect()
+        .await
+        .unwrap();
+    node.wait_connections(1).await;
+    let moved = api(&node.url())
+        .retag(
+            &Tags::new().with("user", 42),
+            &Tags::new().with("room", 3),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.retagged, 1);
+    assert_eq!(
+        next_event(&client).await,
+        Event::Retagged {
+            tags: room3.clone()
+        }
+    );
+
+    let socket = node.stop().await;
+    assert!(matches!(
+        next_event(&client).await,
+        Event::Disconnected { .. }
+    ));
+    let node = Node::start_on(socket, signed_config(AUTH_YAML));
+    assert!(matches!(next_event(&client).await, Event::Resumed { .. }));
+    node.wait_connections(1).await;
+    let api = self::api(&node.url());
+    assert_eq!(publish(&api, "back", &room1).await, 0);
+    assert_eq!(publish(&api, "back", &room3).await, 1);
+    assert_eq!(next_message(&client).await, "back");
+    client.close().await;
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_tags_needs_envelope_mode() {
     let server = TestServer::start().await;

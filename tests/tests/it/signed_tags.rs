@@ -407,3 +407,88 @@ async fn a_token_not_valid_yet_is_refused_as_expired_by_the_binary() {
     );
     assert_eq!(recv_text(&mut ws).await, r#""for 42""#);
 }
+
+/// README "The server API": an API retag of a connection opened with a token sends, in its
+/// `tags` frame, a token for the new tags (same application and expiry), signed with the
+/// application's secret: the client's next handshake with its new tags would be refused
+/// (`subset`) with its old token. What the connection may retag to moves the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_retag_sends_a_token_for_the_new_tags() {
+    let key = "signed-api-key";
+    let server = TestServer::with_config(Config {
+        auth_file: Some(temp_file("auth.yml", AUTH_YAML)),
+        authorize_open: false,
+        signed_tags: true,
+        api_key: Some(tagcast_server::api::ApiKey(key.into())),
+        ..Config::default()
+    })
+    .await;
+    let exp = now() + 600;
+    let own = token("application1", SECRET1, json!({"user": 42, "room": 1}), exp);
+    // It listens to part of what its token grants.
+    let (mut ws, _) = envelope_at(&format!(
+        "{}/?token={own}&tags={}",
+        server.url,
+        encode(r#"{"user":42}"#)
+    ))
+    .await;
+    let retag = |body: Value| {
+        let headers = format!("Authorization: Bearer {key}\r\nContent-Type: application/json\r\n");
+        async move {
+            let answer = http_request(
+                server.addr,
+                "POST",
+                "/retag",
+                &headers,
+                body.to_string().as_bytes(),
+            )
+            .await;
+            (answer.status, answer.body)
+        }
+    };
+
+    let (status, body) = retag(json!({"tags": {"user": 42}, "set": {"room": 2, "seat": 7}})).await;
+    assert_eq!(status, 200, "{body}");
+    let frame = recv_json(&mut ws).await;
+    assert_eq!(frame["type"], "tags", "{frame}");
+    assert_eq!(frame["tags"], json!({"user": 42, "room": 2, "seat": 7}));
+    let sent = frame["token"].as_str().expect("a token in the tags frame");
+    let secret_of = |k: &str| (k == "application1").then_some(SECRET1);
+    let claims = tagcast::token::verify(sent, now(), secret_of).expect("signed by application1");
+    assert_eq!(claims.key, "application1");
+    assert_eq!(claims.exp, exp, "the token's own expiry, not a longer one");
+    // What the token granted, moved as the tags were.
+    assert_eq!(
+        serde_json::to_value(&claims.tags).unwrap(),
+        json!({"user": 42, "room": 2, "seat": 7})
+    );
+
+    // The next handshake with the new tags: refused with the old token, opened with the new.
+    let tags = encode(r#"{"user":42,"room":2,"seat":7}"#);
+    let (status, text) = refused(&format!("{}/?token={own}&tags={tags}", server.url)).await;
+    assert_eq!(status, 401);
+    assert!(text.starts_with("subset"), "{text}");
+    let _again = raw(&format!("{}/?token={sent}&tags={tags}", server.url)).await;
+
+    // Its own retags are bounded by what it was moved to.
+    send_text(&mut ws, r#"{"type":"retag","id":1,"tags":{"room":1}}"#).await;
+    assert_eq!(recv_json(&mut ws).await["code"], "unauthorized");
+    send_text(&mut ws, r#"{"type":"retag","id":2,"tags":{"room":2}}"#).await;
+    let answer = recv_json(&mut ws).await;
+    assert_eq!(
+        (&answer["id"], &answer["tags"]),
+        (&json!(2), &json!({"room": 2}))
+    );
+    assert!(answer.get("token").is_none(), "{answer}");
+
+    // `unset` takes the name out of the token too.
+    let (status, body) = retag(json!({"tags": {"room": 2}, "unset": ["room"]})).await;
+    assert_eq!(status, 200, "{body}");
+    let frame = recv_json(&mut ws).await;
+    assert_eq!(frame["tags"], json!({}));
+    let claims = tagcast::token::read_claims(frame["token"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&claims.tags).unwrap(),
+        json!({"user": 42, "seat": 7})
+    );
+}
