@@ -23,7 +23,7 @@ use wasm_bindgen_futures::JsFuture;
 use crate::errors::{bad_request, closed, describe, from_sdk, tagcast_error, Close, TIMEOUT};
 use crate::events::{emit, object, Handlers, Kind};
 use crate::options::ConnectOptions;
-use crate::options::{metadata_from_js, number, string, tags_from_js, to_json};
+use crate::options::{metadata_from_js, number, string, tags_from_js, to_json, token_tags};
 
 /// The close code of `POST /disconnect` (PROTOCOL.md §12): the server's application wants this
 /// connection gone, so the client does not come back.
@@ -211,8 +211,8 @@ async fn protocols(inner: &Rc<RefCell<Inner>>) -> Result<Vec<String>, String> {
         // A handshake without tags gets the token's (PROTOCOL.md §5.1): so does `tags`.
         let mut i = inner.borrow_mut();
         if !i.tags_in_url {
-            if let Ok(claims) = tagcast::token::read_claims(token) {
-                i.tags = claims.tags;
+            if let Some(tags) = token_tags(token, i.max_tags) {
+                i.tags = tags;
             }
         }
     }

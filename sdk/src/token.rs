@@ -92,51 +92,6 @@ pub fn verify<'a>(
     now: u64,
     secret_of: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<TokenClaims, TokenError> {
-    let parsed = parse(token)?;
-    let secret = secret_of(&parsed.claims.key).ok_or(TokenError::UnknownApplication)?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(parsed.signature.trim_end_matches('='))
-        .map_err(|_| TokenError::Malformed("the signature is not base64url".into()))?;
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(parsed.signing_input.as_bytes());
-    // Constant-time comparison.
-    mac.verify_slice(&signature)
-        .map_err(|_| TokenError::Signature)?;
-    if parsed.claims.exp <= now {
-        return Err(TokenError::Expired);
-    }
-    if parsed.nbf.is_some_and(|nbf| nbf > now) {
-        return Err(TokenError::NotYetValid);
-    }
-    Ok(parsed.claims)
-}
-
-/// What a token says, read without checking it: how a client learns the tags its token gives
-/// its connection. Only the server, which holds the secret, can tell whether they hold
-/// ([`verify`]); an error here is one `verify` would give too (`malformed`).
-///
-/// ```
-/// use tagcast::{sign_tags_until, Tags};
-///
-/// let token = sign_tags_until("application1", "s3cret", &Tags::new().with("user", 42), 2_000_000_000);
-/// let claims = tagcast::token::read_claims(&token).unwrap();
-/// assert_eq!((claims.key.as_str(), claims.exp), ("application1", 2_000_000_000));
-/// assert_eq!(claims.tags, Tags::new().with("user", 42));
-/// ```
-pub fn read_claims(token: &str) -> Result<TokenClaims, TokenError> {
-    parse(token).map(|parsed| parsed.claims)
-}
-
-/// A token taken apart, nothing checked yet but its form.
-struct Parsed<'t> {
-    claims: TokenClaims,
-    nbf: Option<u64>,
-    /// The header and claims as sent, which the signature covers.
-    signing_input: &'t str,
-    signature: &'t str,
-}
-
-fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
     let malformed = |why: &str| TokenError::Malformed(why.to_owned());
     let mut parts = token.split('.');
     let (Some(header), Some(claims), Some(signature), None) =
@@ -177,15 +132,26 @@ fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
     let exp = seconds("exp")?.ok_or_else(|| malformed("missing claim 'exp'"))?;
     // Optional, as in any JWT: not valid before this time.
     let nbf = seconds("nbf")?;
-    Ok(Parsed {
-        claims: TokenClaims {
-            key: key.to_owned(),
-            tags,
-            exp,
-        },
-        nbf,
-        signing_input: &token[..token.rfind('.').unwrap_or(0)],
-        signature,
+    let secret = secret_of(key).ok_or(TokenError::UnknownApplication)?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature.trim_end_matches('='))
+        .map_err(|_| malformed("the signature is not base64url"))?;
+    let signing_input = &token[..token.rfind('.').unwrap_or(0)];
+    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(signing_input.as_bytes());
+    // Constant-time comparison.
+    mac.verify_slice(&signature)
+        .map_err(|_| TokenError::Signature)?;
+    if exp <= now {
+        return Err(TokenError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(TokenClaims {
+        key: key.to_owned(),
+        tags,
+        exp,
     })
 }
 

@@ -486,7 +486,8 @@ async fn an_api_retag_sends_a_token_for_the_new_tags() {
     assert_eq!(status, 200, "{body}");
     let frame = recv_json(&mut ws).await;
     assert_eq!(frame["tags"], json!({}));
-    let claims = tagcast::token::read_claims(frame["token"].as_str().unwrap()).unwrap();
+    let claims =
+        tagcast::token::verify(frame["token"].as_str().unwrap(), now(), secret_of).unwrap();
     assert_eq!(
         serde_json::to_value(&claims.tags).unwrap(),
         json!({"user": 42, "seat": 7})
