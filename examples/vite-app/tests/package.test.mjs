@@ -519,12 +519,8 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
       window.moved = new Promise((resolve) => window.withToken.on("tags", resolve));
       window.movedBack = new Promise((resolve) => window.withToken.on("resumed", resolve));
     });
-    const retag = await fetch(`${server.http}/retag`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${API_KEY}` },
-      body: JSON.stringify({ tags: { user: 42 }, set: { room: 2 } }),
-    });
-    assert.deepEqual(await retag.json(), { retagged: 1, refused: 0, partial: false });
+    const retag = await api(server, "POST", "/retag", { tags: { user: 42 }, set: { room: 2 } });
+    assert.deepEqual(retag, { retagged: 1, refused: 0, partial: false });
     assert.deepEqual((await page.evaluate(() => window.moved)).tags, { user: 42, room: 2 });
     proxy.cut();
     await page.waitForFunction(() => window.withToken.state === "reconnecting");
@@ -533,12 +529,8 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
     await page.evaluate(() => {
       window.inRoom2 = new Promise((resolve) => window.withToken.on("message", ({ message }) => resolve(message)));
     });
-    const toRoom2 = await fetch(`${server.http}/publish`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${API_KEY}` },
-      body: JSON.stringify({ message: "in room 2", tags: { room: 2 } }),
-    });
-    assert.deepEqual(await toRoom2.json(), { delivered: 1 });
+    const toRoom2 = await api(server, "POST", "/publish", { message: "in room 2", tags: { room: 2 } });
+    assert.deepEqual(toRoom2, { delivered: 1 });
     assert.equal(await page.evaluate(() => window.inRoom2), "in room 2");
     await page.evaluate(() => window.withToken.close());
 
@@ -564,12 +556,7 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
     await page.evaluate(() => {
       window.received = new Promise((resolve) => window.tokenClient.on("message", ({ message }) => resolve(message)));
     });
-    const published = await fetch(`${server.http}/publish`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${API_KEY}` },
-      body: JSON.stringify({ message: "for 42", tags: { user: 42 } }),
-    });
-    assert.equal(published.status, 200);
+    await api(server, "POST", "/publish", { message: "for 42", tags: { user: 42 } });
     assert.equal(await page.evaluate(() => window.received), "for 42");
     await page.evaluate(() => window.tokenClient.close());
   } finally {

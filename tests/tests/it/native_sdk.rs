@@ -75,6 +75,31 @@ async fn assert_over(client: &WebSocketClient) {
     assert_eq!(next.expect("the end in time"), None);
 }
 
+/// A client of `node` with a token for `tags` that reconnects fast, once the node counts it.
+async fn signed_client(node: &Node, tags: &Tags) -> WebSocketClient {
+    let client = WebSocketClient::builder(node.url())
+        .token(token(tags))
+        .reconnect(fast())
+        .connect()
+        .await
+        .unwrap();
+    node.wait_connections(1).await;
+    client
+}
+
+/// Restarts `node` on its address with `config`, and waits until `client` is back.
+async fn restart_with(node: Node, config: Config, client: &WebSocketClient) -> Node {
+    let socket = node.stop().await;
+    assert!(matches!(
+        next_event(client).await,
+        Event::Disconnected { .. }
+    ));
+    let node = Node::start_on(socket, config);
+    assert!(matches!(next_event(client).await, Event::Resumed { .. }));
+    node.wait_connections(1).await;
+    node
+}
+
 /// A server that can be stopped and started again on the same address (a restart, for
 /// reconnects); `TestServer` always takes a fresh port. The listening socket is bound once and
 /// kept across the restart (each run gets a clone of it), so the port is never released for
@@ -503,13 +528,7 @@ async fn set_tags_refusals_tokens_and_the_next_reconnect() {
         Tags::new().with("user", 42).with("room", 1),
         Tags::new().with("user", 42).with("room", 2),
     );
-    let client = WebSocketClient::builder(node.url())
-        .token(token(&room1))
-        .reconnect(fast())
-        .connect()
-        .await
-        .unwrap();
-    node.wait_connections(1).await;
+    let client = signed_client(&node, &room1).await;
 
     // Outside the token: refused with its reason, and nothing changes.
     match client.set_tags(room2.clone()).await {
@@ -558,20 +577,11 @@ async fn set_tags_refusals_tokens_and_the_next_reconnect() {
 
     // A restart: the client comes back with room 2 and the newer token (the first token
     // would not allow room 2: the handshake would be refused with `subset`).
-    let socket = node.stop().await;
-    assert!(matches!(
-        next_event(&client).await,
-        Event::Disconnected { .. }
-    ));
-    let node = Node::start_on(
-        socket,
-        Config {
-            max_tags: 2,
-            ..signed_config(AUTH_YAML)
-        },
-    );
-    assert!(matches!(next_event(&client).await, Event::Resumed { .. }));
-    node.wait_connections(1).await;
+    let config = Config {
+        max_tags: 2,
+        ..signed_config(AUTH_YAML)
+    };
+    let node = restart_with(node, config, &client).await;
     let api = self::api(&node.url());
     assert_eq!(publish(&api, "back", &room1).await, 0);
     assert_eq!(publish(&api, "back", &room2).await, 1);
@@ -590,13 +600,7 @@ async fn an_api_retag_survives_the_next_reconnect() {
         Tags::new().with("user", 42).with("room", 1),
         Tags::new().with("user", 42).with("room", 3),
     );
-    let client = WebSocketClient::builder(node.url())
-        .token(token(&room1))
-        .reconnect(fast())
-        .connect()
-        .await
-        .unwrap();
-    node.wait_connections(1).await;
+    let client = signed_client(&node, &room1).await;
     let moved = api(&node.url())
         .retag(
             &Tags::new().with("user", 42),
@@ -613,14 +617,7 @@ async fn an_api_retag_survives_the_next_reconnect() {
         }
     );
 
-    let socket = node.stop().await;
-    assert!(matches!(
-        next_event(&client).await,
-        Event::Disconnected { .. }
-    ));
-    let node = Node::start_on(socket, signed_config(AUTH_YAML));
-    assert!(matches!(next_event(&client).await, Event::Resumed { .. }));
-    node.wait_connections(1).await;
+    let node = restart_with(node, signed_config(AUTH_YAML), &client).await;
     let api = self::api(&node.url());
     assert_eq!(publish(&api, "back", &room1).await, 0);
     assert_eq!(publish(&api, "back", &room3).await, 1);
