@@ -147,15 +147,17 @@ fn set_state(inner: &Rc<RefCell<Inner>>, state: State, close: Option<&Close>) {
     emit(&handlers(inner), Kind::State, &event, &[name]);
 }
 
-/// The handshake URL: `base` with `tags` (when there are some) and the credentials.
+/// The handshake URL: `base` with `tags` (when there are some, or `always`: once the server
+/// said what they are) and the credentials.
 fn handshake_url(
     base: &str,
     tags: &Tags,
+    always: bool,
     credentials: &[(String, String)],
 ) -> Result<String, tagcast::Error> {
     let tags_json = tags.to_json();
     let mut pairs = Vec::with_capacity(3);
-    if !tags.is_empty() {
+    if always || !tags.is_empty() {
         pairs.push(("tags", tags_json.as_str()));
     }
     pairs.extend(credentials.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -312,7 +314,7 @@ pub async fn connect(
         credentials.push(("secret".to_owned(), secret));
     }
     let base = url;
-    let url = handshake_url(&base, &tags, &credentials).map_err(|e| from_sdk(&e))?;
+    let url = handshake_url(&base, &tags, false, &credentials).map_err(|e| from_sdk(&e))?;
 
     let inner = Rc::new(RefCell::new(Inner {
         base,
@@ -497,9 +499,11 @@ fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
             // when its API retagged it; `getToken`, when given, still has the last word).
             {
                 let mut i = inner.borrow_mut();
-                if let Ok(url) = handshake_url(&i.base, &tags, &i.credentials) {
+                // Named even when empty: without a `tags` query a signed-tags connection would
+                // get all its token grants.
+                if let Ok(url) = handshake_url(&i.base, &tags, true, &i.credentials) {
                     i.url = url;
-                    i.tags_in_url = !tags.is_empty();
+                    i.tags_in_url = true;
                 }
                 i.tags = tags;
                 if let (Some(RequestId::Integer(id)), Some((sent, _))) = (&id, &i.retag_token) {

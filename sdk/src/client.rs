@@ -177,6 +177,10 @@ impl Token {
 pub struct ClientBuilder {
     url: String,
     tags: Tags,
+    /// Whether the handshake names the tags even when there are none: once the server said
+    /// what they are (a `tags` frame). Without a `tags` query a signed-tags connection gets all
+    /// its token grants, which is not what a connection retagged to `{}` had.
+    tags_always: bool,
     default_tags: Tags,
     default_metadata: Metadata,
     query: Vec<(String, String)>,
@@ -186,7 +190,8 @@ pub struct ClientBuilder {
     /// Whether and how to reconnect when the connection drops.
     reconnect: Option<Reconnect>,
     /// The signed-tags token, sent as a subprotocol; checked when the connection opens. A
-    /// token accepted by [`WebSocketClient::set_tags_with_token`] replaces it for reconnects.
+    /// token accepted by [`WebSocketClient::set_tags_with_token`], or the one the server sends
+    /// when its API retags the connection, replaces it for reconnects.
     token: Option<Result<Token, TokenError>>,
 }
 
@@ -278,7 +283,8 @@ impl ClientBuilder {
     /// Reconnects when the connection drops, waiting as `options` says between attempts, and
     /// resumes where it left off: the server replays what was routed to this connection
     /// meanwhile (PROTOCOL.md §11), then [`Event::Resumed`] says whether that was everything.
-    /// It reopens with the tags and token of the last [`set_tags`](WebSocketClient::set_tags).
+    /// It reopens with the tags and token of the last [`set_tags`](WebSocketClient::set_tags),
+    /// or of the server's API retag ([`Event::Retagged`]).
     ///
     /// It stops, with [`Event::Ended`] holding the error, when the server means it: close
     /// code 4001 (`POST /disconnect`), or a reopening refused with HTTP 400, 401 or 403 (an
@@ -339,7 +345,7 @@ impl ClientBuilder {
     fn url_since(&self, since: Option<&str>) -> Result<String, Error> {
         let tags = self.tags.to_json();
         let mut pairs = Vec::with_capacity(self.query.len() + 2);
-        if !self.tags.is_empty() {
+        if !self.tags.is_empty() || self.tags_always {
             pairs.push(("tags", tags.as_str()));
         }
         pairs.extend(self.query.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -540,6 +546,7 @@ impl WebSocketClient {
         ClientBuilder {
             url: url.into(),
             tags: Tags::new(),
+            tags_always: false,
             default_tags: Tags::new(),
             default_metadata: Metadata::new(),
             query: Vec::new(),
@@ -944,8 +951,9 @@ async fn serve(mut socket: Socket, link: &mut Link) -> Ended {
                             // and with the token that allowed them: the one of its own retag,
                             // or the one the server sent when its API retagged it.
                             link.builder.tags = tags.clone();
-                            if let Some(token) = token {
-                                link.builder.token = Some(Token::new(token));
+                            link.builder.tags_always = true;
+                            if let Some(Ok(token)) = token.map(Token::new) {
+                                link.builder.token = Some(Ok(token));
                             }
                             let mine = match id {
                                 Some(RequestId::Integer(id)) => pending.remove(&id),

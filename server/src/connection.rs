@@ -43,6 +43,21 @@ pub struct Grant {
     pub exp: u64,
 }
 
+impl Grant {
+    /// The grant after an API retag: the pairs of `set` added or replaced, the names of `unset`
+    /// removed, as on the connection's tags.
+    pub fn moved(&self, set: &Tags, unset: &[String]) -> Grant {
+        let mut moved = self.clone();
+        for (name, value) in set.iter() {
+            let _ = moved.tags.insert(name, value.clone());
+        }
+        for name in unset {
+            moved.tags.remove(name);
+        }
+        moved
+    }
+}
+
 impl From<tagcast::TokenClaims> for Grant {
     fn from(claims: tagcast::TokenClaims) -> Self {
         Grant {
@@ -87,6 +102,16 @@ impl Connection {
     /// Records what a newer token grants.
     pub fn set_granted(&self, grant: Grant) {
         *self.granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(grant));
+    }
+
+    /// Moves what its token grants as an API retag moves its tags ([`Grant::moved`]), in one
+    /// step under the lock: `(before, after)`, or `None` without a token.
+    pub fn move_granted(&self, set: &Tags, unset: &[String]) -> Option<(Grant, Grant)> {
+        let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        let grant = granted.as_deref_mut()?;
+        let before = grant.clone();
+        *grant = before.moved(set, unset);
+        Some((before, grant.clone()))
     }
 
     /// The handshake `authorize_send` sees: the kept one, or the peer address alone.

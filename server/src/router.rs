@@ -5,6 +5,7 @@
 //! for the cluster's subscriber alike. Each frame is encoded once per request and shared by
 //! every recipient.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -190,6 +191,24 @@ impl Fanout {
     /// as it was. Each retagged envelope connection gets a `tags` frame; requests routed after
     /// this returns are matched against the new tags.
     pub fn retag(&self, tags: &Tags, set: &Tags, unset: &[String], max_tags: usize) -> Retagged {
+        // With signed tags, each envelope connection's frame carries a token for its moved
+        // grant. The tokens are signed before the sequencer is taken (a signature each would
+        // hold every delivery back), for the grants as they are now; one that changes
+        // meanwhile is signed again under it.
+        let signed: HashMap<u64, (Grant, String)> = match self.tokens {
+            None => HashMap::new(),
+            Some(_) => self
+                .registry
+                .matching(tags)
+                .into_iter()
+                .filter(|(conn, _)| conn.envelope)
+                .filter_map(|(conn, _)| {
+                    let before = conn.granted()?;
+                    let token = self.sign(&before.moved(set, unset))?;
+                    Some((conn.id, (before, token)))
+                })
+                .collect(),
+        };
         let mut sequencer = self.history.as_ref().map(History::lock);
         let pos = sequencer.as_ref().map(|s| s.last_position());
         let mut retagged = Retagged::default();
@@ -211,20 +230,13 @@ impl Fanout {
             }
             retagged.retagged += 1;
             // Its token must allow its new tags, or its next handshake would be refused
-            // (`subset`): what it grants changes as its tags did, signed anew.
-            let token = conn.granted().and_then(|mut grant| {
-                for (name, value) in set.iter() {
-                    let _ = grant.tags.insert(name, value.clone());
-                }
-                for name in unset {
-                    grant.tags.remove(name);
-                }
-                let secret = self.tokens.as_ref()?.secret_of(&grant.key)?;
-                let token = tagcast::sign_tags_until(&grant.key, secret, &grant.tags, grant.exp);
-                conn.set_granted(grant);
-                Some(token)
-            });
+            // (`subset`): what it grants moves as its tags did, and is signed anew.
+            let moved = conn.move_granted(set, unset);
             if conn.envelope {
+                let token = moved.and_then(|(before, after)| match signed.get(&conn.id) {
+                    Some((signed_from, token)) if *signed_from == before => Some(token.clone()),
+                    _ => self.sign(&after),
+                });
                 let frame = ServerFrame::Tags {
                     id: None,
                     tags: new,
@@ -246,13 +258,35 @@ impl Fanout {
         retagged
     }
 
-    /// Replaces the tags of one connection (its own `retag` command) and answers it with a
-    /// `tags` frame carrying `id`, in turn with deliveries. `false` when it closed meanwhile.
-    pub fn retag_one(&self, conn: &Arc<Connection>, tags: Tags, id: Option<RequestId>) -> bool {
+    /// A token for `grant`, signed with its application's secret (`None` without signed tags).
+    fn sign(&self, grant: &Grant) -> Option<String> {
+        let secret = self.tokens.as_ref()?.secret_of(&grant.key)?;
+        Some(tagcast::sign_tags_until(
+            &grant.key,
+            secret,
+            &grant.tags,
+            grant.exp,
+        ))
+    }
+
+    /// Replaces the tags of one connection (its own `retag` command; `granted`: what the token
+    /// it came with grants) and answers it with a `tags` frame carrying `id`, in turn with
+    /// deliveries. `false` when it closed meanwhile.
+    pub fn retag_one(
+        &self,
+        conn: &Arc<Connection>,
+        tags: Tags,
+        granted: Option<Grant>,
+        id: Option<RequestId>,
+    ) -> bool {
         let sequencer = self.history.as_ref().map(History::lock);
         let pos = sequencer.as_ref().map(|s| s.last_position());
         if !self.registry.retag(conn, tags.clone()) {
             return false;
+        }
+        // Under the sequencer, as an API retag moves it: the two never interleave.
+        if let Some(granted) = granted {
+            conn.set_granted(granted);
         }
         let _turn = sequencer.map(Sequencer::offer_turn);
         let frame = ServerFrame::Tags {
@@ -495,7 +529,7 @@ impl Router {
             Some(v) => Tags::from_value_bounded(&v, self.max_tags)
                 .map_err(|e| bad(format!("invalid 'tags': {e}")))?,
         };
-        if let Some(applications) = &self.tokens {
+        let granted = if let Some(applications) = &self.tokens {
             let granted = match frame.get("token") {
                 Some(Value::String(token)) => {
                     let now = crate::handshake::unix_now();
@@ -514,12 +548,16 @@ impl Router {
                     tagcast::TokenError::Subset.to_string(),
                 ));
             }
-            if let Some(granted) = granted {
-                conn.set_granted(granted);
-            }
-        }
-        self.fanout
-            .retag_one(conn, tags, frame.get("id").and_then(RequestId::from_value));
+            granted
+        } else {
+            None
+        };
+        self.fanout.retag_one(
+            conn,
+            tags,
+            granted,
+            frame.get("id").and_then(RequestId::from_value),
+        );
         Ok(())
     }
 

@@ -622,6 +622,22 @@ async fn an_api_retag_survives_the_next_reconnect() {
     assert_eq!(publish(&api, "back", &room1).await, 0);
     assert_eq!(publish(&api, "back", &room3).await, 1);
     assert_eq!(next_message(&client).await, "back");
+
+    // Narrowed by its own retag, then emptied by the API: it comes back with no tags, not
+    // with everything its token grants ({"user":42}).
+    let user = Tags::new().with("user", 42);
+    let room = Tags::new().with("room", 3);
+    assert_eq!(client.set_tags(room.clone()).await.unwrap(), room);
+    assert!(matches!(next_event(&client).await, Event::Retagged { .. }));
+    let emptied = api.retag(&room, &Tags::new(), &["room"]).await.unwrap();
+    assert_eq!(emptied.retagged, 1);
+    assert_eq!(
+        next_event(&client).await,
+        Event::Retagged { tags: Tags::new() }
+    );
+    let node = restart_with(node, signed_config(AUTH_YAML), &client).await;
+    let api = self::api(&node.url());
+    assert_eq!(publish(&api, "not for it", &user).await, 0);
     client.close().await;
     node.stop().await;
 }
