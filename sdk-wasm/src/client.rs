@@ -190,15 +190,25 @@ async fn open_socket(url: &str, protocols: &[String]) -> Result<WebSocket, Strin
 /// The subprotocols of the next attempt: `tagcast.v1`, and the token (`getToken`'s answer, or
 /// the `token` option) as `tagcast.token.<token>`.
 async fn protocols(inner: &Rc<RefCell<Inner>>) -> Result<Vec<String>, String> {
-    let (get_token, token) = {
+    let (get_token, token, context) = {
         let i = inner.borrow();
-        (i.get_token.clone(), i.token.clone())
+        // What `getToken` is told: the tags this attempt opens with (when it names them) and
+        // the client's own token (the server's after an API retag), so that it can sign the
+        // right tags, or hand that token back.
+        let context = js_sys::Object::new();
+        if i.tags_in_url {
+            let _ = js_sys::Reflect::set(&context, &"tags".into(), &parse_json(&i.tags.to_json()));
+        }
+        if let Some(token) = &i.token {
+            let _ = js_sys::Reflect::set(&context, &"token".into(), &token.into());
+        }
+        (i.get_token.clone(), i.token.clone(), context)
     };
     let token = match get_token {
         None => token,
         Some(get_token) => {
             let failed = |e: JsValue| format!("getToken failed: {}", describe(&e));
-            let answer = get_token.call0(&JsValue::NULL).map_err(failed)?;
+            let answer = get_token.call1(&JsValue::NULL, &context).map_err(failed)?;
             let answer = JsFuture::from(js_sys::Promise::resolve(&answer))
                 .await
                 .map_err(failed)?;

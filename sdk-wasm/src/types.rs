@@ -52,9 +52,12 @@ export interface ConnectOptions {
   /**
    * Called before every connect and reconnect for a fresh signed-tags token (sent like
    * `token`); may return a promise. `undefined` or `null`: no token. A throw or a rejection
-   * counts as a failed attempt.
+   * counts as a failed attempt. `context.tags`: the tags the attempt opens with (absent
+   * when it opens with its token's); `context.token`: the client's own token (the `token`
+   * option, one a `setTags` was accepted with, or the one the server sent when its API
+   * retagged the connection).
    */
-  getToken?: () => string | null | undefined | Promise<string | null | undefined>;
+  getToken?: (context: { tags?: Tags; token?: string }) => string | null | undefined | Promise<string | null | undefined>;
   /** First reconnect delay bound in milliseconds (default 250). */
   minDelayMs?: number;
   /** Largest reconnect delay in milliseconds (default 10000). */

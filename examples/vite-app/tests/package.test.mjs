@@ -538,9 +538,16 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
       const { connect } = window.tagcast;
       // getToken: asked before the first connect and before each reconnect.
       window.asked = 0;
+      window.contexts = [];
       const client = await connect(proxied, undefined, {
         minDelayMs: 20, maxDelayMs: 100, maxRetries: Infinity,
-        getToken: async () => { window.asked += 1; return tokens.user42; },
+        // Told the tags it opens with and the client's own token: after an API retag, the
+        // server's token for the new tags.
+        getToken: async (context) => {
+          window.asked += 1;
+          window.contexts.push(context);
+          return context.token ?? tokens.user42;
+        },
       });
       window.tokenClient = client;
       window.resumed = new Promise((resolve) => client.on("resumed", resolve));
@@ -558,6 +565,27 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
     });
     await api(server, "POST", "/publish", { message: "for 42", tags: { user: 42 } });
     assert.equal(await page.evaluate(() => window.received), "for 42");
+    // The server's API moves it; getToken is told its new tags and the server's token.
+    await page.evaluate(() => {
+      window.moved = new Promise((resolve) => window.tokenClient.on("tags", resolve));
+      window.movedBack = new Promise((resolve) => window.tokenClient.on("resumed", resolve));
+    });
+    await api(server, "POST", "/retag", { tags: { user: 42 }, set: { room: 5 } });
+    assert.deepEqual((await page.evaluate(() => window.moved)).tags, { user: 42, room: 5 });
+    proxy.cut();
+    await page.waitForFunction(() => window.tokenClient.state === "reconnecting");
+    proxy.mend();
+    assert.deepEqual(await page.evaluate(() => window.movedBack), { recovered: true, missed: 0 });
+    const contexts = await page.evaluate(() => window.contexts);
+    assert.deepEqual(contexts[0], {}, "opened without tags and without a token of its own");
+    const last = contexts[contexts.length - 1];
+    assert.deepEqual(last.tags, { user: 42, room: 5 });
+    assert.equal(typeof last.token, "string");
+    await page.evaluate(() => {
+      window.inRoom5 = new Promise((resolve) => window.tokenClient.on("message", ({ message }) => resolve(message)));
+    });
+    await api(server, "POST", "/publish", { message: "in room 5", tags: { room: 5 } });
+    assert.equal(await page.evaluate(() => window.inRoom5), "in room 5");
     await page.evaluate(() => window.tokenClient.close());
   } finally {
     await page.close();
