@@ -521,8 +521,8 @@ fn handle_frame(inner: &Rc<RefCell<Inner>>, text: &str) {
                         i.token = i.retag_token.take().map(|(_, t)| t);
                     }
                 }
-                if token.is_some() {
-                    i.token = token;
+                if let Some(token) = token {
+                    i.token = Some(token.0);
                 }
             }
             let tags = field("tags");

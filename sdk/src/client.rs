@@ -952,7 +952,7 @@ async fn serve(mut socket: Socket, link: &mut Link) -> Ended {
                             // or the one the server sent when its API retagged it.
                             link.builder.tags = tags.clone();
                             link.builder.tags_always = true;
-                            if let Some(Ok(token)) = token.map(Token::new) {
+                            if let Some(Ok(token)) = token.map(|t| Token::new(t.0)) {
                                 link.builder.token = Some(Ok(token));
                             }
                             let mine = match id {

@@ -73,6 +73,18 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// A signed-tags token in a frame: its text on the wire, `<redacted>` in `Debug`, so that a
+/// frame printed with `{:?}` does not put a credential in a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FrameToken(pub String);
+
+impl fmt::Debug for FrameToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FrameToken(<redacted>)")
+    }
+}
+
 /// A frame the server sends to a client in envelope mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -121,7 +133,7 @@ pub enum ServerFrame {
         /// With signed tags, when the server's API retagged the connection: a token for its new
         /// tags (same application and expiry as its own), for its next handshake.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        token: Option<String>,
+        token: Option<FrameToken>,
     },
     /// A refused request; the connection stays open.
     Error {
@@ -169,6 +181,18 @@ pub fn encode_message_frame(payload_json: &str, tags_json: &str, pos: Option<&st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tags_frame_carries_its_token_on_the_wire_and_hides_it_in_debug() {
+        let text = r#"{"type":"tags","tags":{"room":2},"token":"aaa.bbb.ccc"}"#;
+        let frame = ServerFrame::parse(text).unwrap();
+        let ServerFrame::Tags { token, .. } = &frame else {
+            panic!("{frame:?}");
+        };
+        assert_eq!(token.as_ref().map(|t| t.0.as_str()), Some("aaa.bbb.ccc"));
+        assert!(!format!("{frame:?}").contains("aaa.bbb.ccc"));
+        assert_eq!(serde_json::to_string(&frame).unwrap(), text);
+    }
 
     #[test]
     fn frames_match_section_6() {

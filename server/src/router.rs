@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
-use tagcast::envelope::encode_message_frame;
+use tagcast::envelope::{encode_message_frame, FrameToken};
 use tagcast::request::{parse_request, parse_value};
 use tagcast::{Error, MessageParser, ParseOptions, RequestId, ServerFrame, Tags, WebSocketRequest};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -233,10 +233,12 @@ impl Fanout {
             // (`subset`): what it grants moves as its tags did, and is signed anew.
             let moved = conn.move_granted(set, unset);
             if conn.envelope {
-                let token = moved.and_then(|(before, after)| match signed.get(&conn.id) {
-                    Some((signed_from, token)) if *signed_from == before => Some(token.clone()),
-                    _ => self.sign(&after),
-                });
+                let token = moved
+                    .and_then(|(before, after)| match signed.get(&conn.id) {
+                        Some((signed_from, token)) if *signed_from == before => Some(token.clone()),
+                        _ => self.sign(&after),
+                    })
+                    .map(FrameToken);
                 let frame = ServerFrame::Tags {
                     id: None,
                     tags: new,
