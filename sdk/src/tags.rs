@@ -405,7 +405,9 @@ fn value_of(name: &str, v: &Value) -> Result<TagValue, TagsError> {
             Some(i) => Ok(TagValue::Integer(i)),
             None => Err(TagsError::NotAnInteger {
                 name: name.to_owned(),
-                number: n.to_string(),
+                // As JSON writes it, not through `Display`: that would bring core's float
+                // formatting (about 15 KB) into the browser SDK for this message alone.
+                number: serde_json::to_string(n).unwrap_or_default(),
             }),
         },
         other => Err(TagsError::BadValue {
