@@ -165,9 +165,12 @@ impl Admission {
         token_protocol: Option<&str>,
         now: u64,
     ) -> Result<(Tags, Grant), Refused> {
-        let token = handshake
-            .query_value("token")
-            .or_else(|| token_protocol.map(|p| &p[TOKEN_PROTOCOL_PREFIX.len()..]));
+        // Both given: the subprotocol wins. The SDKs send their current token there (the one
+        // a retag was accepted with, or the server's after an API retag), while a token in
+        // the URL is the one the client was first given.
+        let token = token_protocol
+            .map(|p| &p[TOKEN_PROTOCOL_PREFIX.len()..])
+            .or_else(|| handshake.query_value("token"));
         let refused = |e: TokenError| Refused::Unauthorized(e.to_string());
         let claims = match token {
             None => return Err(refused(TokenError::Missing)),
@@ -352,6 +355,13 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ok.tags, Tags::new().with("user", 42));
+        // Both: the subprotocol's token wins over the query's.
+        let newer = token(&Tags::new().with("room", "b"), NOW + 60);
+        let protocol = format!("{TOKEN_PROTOCOL_PREFIX}{newer}");
+        let both = a
+            .admit(offer(&format!("token={t}"), Some(&protocol)), NOW)
+            .unwrap();
+        assert_eq!(both.tags, Tags::new().with("room", "b"));
         // What the token grants is kept whole: its retags and a token signed for it later
         // need it.
         let grant = Grant {

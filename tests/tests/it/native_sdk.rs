@@ -642,6 +642,38 @@ async fn an_api_retag_survives_the_next_reconnect() {
     node.stop().await;
 }
 
+/// A client given its token in the URL's query still comes back after an API retag: the
+/// server's newer token, which the SDK offers as a subprotocol, wins over the query's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_query_gives_way_to_the_servers_newer_one() {
+    let node = Node::start(signed_config(AUTH_YAML)).await;
+    let room1 = Tags::new().with("user", 42).with("room", 1);
+    let room4 = Tags::new().with("user", 42).with("room", 4);
+    let client = WebSocketClient::builder(node.url())
+        .query("token", &token(&room1))
+        .reconnect(fast())
+        .connect()
+        .await
+        .unwrap();
+    node.wait_connections(1).await;
+    let moved = api(&node.url())
+        .retag(&room1, &Tags::new().with("room", 4), &[])
+        .await
+        .unwrap();
+    assert_eq!(moved.retagged, 1);
+    assert_eq!(
+        next_event(&client).await,
+        Event::Retagged {
+            tags: room4.clone()
+        }
+    );
+    let node = restart_with(node, signed_config(AUTH_YAML), &client).await;
+    assert_eq!(publish(&api(&node.url()), "moved", &room4).await, 1);
+    assert_eq!(next_message(&client).await, "moved");
+    client.close().await;
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_tags_needs_envelope_mode() {
     let server = TestServer::start().await;
