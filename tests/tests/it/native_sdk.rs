@@ -87,6 +87,16 @@ async fn signed_client(node: &Node, tags: &Tags) -> WebSocketClient {
     client
 }
 
+/// `POST /retag` on `node` moves one connection, which is `client`: its event says `to`.
+async fn api_retag(node: &Node, client: &WebSocketClient, tags: &Tags, set: &Tags, to: &Tags) {
+    let moved = api(&node.url()).retag(tags, set, &[]).await.unwrap();
+    assert_eq!(moved.retagged, 1);
+    assert_eq!(
+        next_event(client).await,
+        Event::Retagged { tags: to.clone() }
+    );
+}
+
 /// Restarts `node` on its address with `config`, and waits until `client` is back.
 async fn restart_with(node: Node, config: Config, client: &WebSocketClient) -> Node {
     let socket = node.stop().await;
@@ -601,21 +611,8 @@ async fn an_api_retag_survives_the_next_reconnect() {
         Tags::new().with("user", 42).with("room", 3),
     );
     let client = signed_client(&node, &room1).await;
-    let moved = api(&node.url())
-        .retag(
-            &Tags::new().with("user", 42),
-            &Tags::new().with("room", 3),
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(moved.retagged, 1);
-    assert_eq!(
-        next_event(&client).await,
-        Event::Retagged {
-            tags: room3.clone()
-        }
-    );
+    let user = Tags::new().with("user", 42);
+    api_retag(&node, &client, &user, &Tags::new().with("room", 3), &room3).await;
 
     let node = restart_with(node, signed_config(AUTH_YAML), &client).await;
     let api = self::api(&node.url());
@@ -625,7 +622,6 @@ async fn an_api_retag_survives_the_next_reconnect() {
 
     // Narrowed by its own retag, then emptied by the API: it comes back with no tags, not
     // with everything its token grants ({"user":42}).
-    let user = Tags::new().with("user", 42);
     let room = Tags::new().with("room", 3);
     assert_eq!(client.set_tags(room.clone()).await.unwrap(), room);
     assert!(matches!(next_event(&client).await, Event::Retagged { .. }));
@@ -656,17 +652,7 @@ async fn a_token_in_the_query_gives_way_to_the_servers_newer_one() {
         .await
         .unwrap();
     node.wait_connections(1).await;
-    let moved = api(&node.url())
-        .retag(&room1, &Tags::new().with("room", 4), &[])
-        .await
-        .unwrap();
-    assert_eq!(moved.retagged, 1);
-    assert_eq!(
-        next_event(&client).await,
-        Event::Retagged {
-            tags: room4.clone()
-        }
-    );
+    api_retag(&node, &client, &room1, &Tags::new().with("room", 4), &room4).await;
     let node = restart_with(node, signed_config(AUTH_YAML), &client).await;
     assert_eq!(publish(&api(&node.url()), "moved", &room4).await, 1);
     assert_eq!(next_message(&client).await, "moved");
