@@ -44,18 +44,26 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// The grant after an API retag: the pairs of `set` added or replaced, the names of `unset`
-    /// removed, as on the connection's tags.
+    /// The grant after an API retag: its tags [`moved`] as the connection's are.
     pub fn moved(&self, set: &Tags, unset: &[String]) -> Grant {
-        let mut moved = self.clone();
-        for (name, value) in set.iter() {
-            let _ = moved.tags.insert(name, value.clone());
+        Grant {
+            tags: moved(self.tags.clone(), set, unset),
+            key: self.key.clone(),
+            exp: self.exp,
         }
-        for name in unset {
-            moved.tags.remove(name);
-        }
-        moved
     }
+}
+
+/// `tags` after an API retag (`POST /retag`): the pairs of `set` added or replaced, the names
+/// of `unset` removed.
+pub fn moved(mut tags: Tags, set: &Tags, unset: &[String]) -> Tags {
+    for (name, value) in set.iter() {
+        let _ = tags.insert(name, value.clone());
+    }
+    for name in unset {
+        tags.remove(name);
+    }
+    tags
 }
 
 impl From<tagcast::TokenClaims> for Grant {

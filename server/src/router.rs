@@ -214,13 +214,7 @@ impl Fanout {
         let mut retagged = Retagged::default();
         let mut frames = Vec::new();
         for (conn, own) in self.registry.matching(tags) {
-            let mut new = own;
-            for (name, value) in set.iter() {
-                let _ = new.insert(name, value.clone());
-            }
-            for name in unset {
-                new.remove(name);
-            }
+            let new = crate::connection::moved(own, set, unset);
             if new.check_count(max_tags).is_err() {
                 retagged.refused += 1;
                 continue;
