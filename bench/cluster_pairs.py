@@ -8,6 +8,11 @@ under the same fan-out load. Prints one line per run and the median ratio at the
 
 CPU is read from /proc for each process (node A, node B, redis-server) and from the load
 generator's rusage, in seconds over the run.
+
+`--fifo a,redis` (a diagnostic, as root: it runs `chrt`) gives every thread of the named
+cluster processes (a, b, redis) the real-time policy SCHED_FIFO before the cluster's run, so
+that they take a core as soon as they wake instead of waiting for the running tasks' time
+slices: it shows how much of the gap to the lone node is those processes waiting for a core.
 """
 
 import argparse
@@ -15,6 +20,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 
 import compare
 
@@ -38,13 +44,24 @@ def measured(server, procs, *args):
     return {"deliveries_per_sec": result["deliveries_per_sec"], "cpu_secs": cpu}
 
 
+def fifo(pid):
+    """Every thread of `pid` to SCHED_FIFO (priority 10)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        subprocess.run(["chrt", "--fifo", "--pid", "10", tid], check=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--serve", nargs="*", default=[], help="extra `tagcast serve` arguments, e.g. --history 0")
+    parser.add_argument("--fifo", default="", help="cluster processes to run as SCHED_FIFO "
+                        "(a diagnostic, needs root): a comma-separated list of a, b, redis")
     args = parser.parse_args()
+    fifo_names = [n for n in args.fifo.split(",") if n]
+    if any(n not in ("a", "b", "redis") for n in fifo_names):
+        parser.error("--fifo takes a comma-separated list of a, b and redis")
     load = ("--subscribers", 1000, "--groups", 1, "--in-flight", args.in_flight, "--messages", args.messages)
     ratios = []
     for _ in range(args.pairs):
@@ -52,10 +69,12 @@ def main():
             alone = measured(lone, {"node": lone.proc}, *load)
         with compare.redis_cluster(2, args.serve) as ((a, b), redis):
             procs = {"node A": a.proc, "node B": b.proc, "redis-server": redis}
+            for name in fifo_names:
+                fifo({"a": a.proc, "b": b.proc, "redis": redis}[name].pid)
             cluster = measured(b, procs, "--publish-url", f"ws://127.0.0.1:{a.port}", *load)
         ratios.append(cluster["deliveries_per_sec"] / alone["deliveries_per_sec"])
         print(json.dumps({"lone": alone, "cluster": cluster, "ratio": round(ratios[-1], 3)}), flush=True)
-    print(json.dumps({"pairs": len(ratios), "median_ratio": round(statistics.median(ratios), 3),
+    print(json.dumps({"pairs": len(ratios), "fifo": fifo_names, "median_ratio": round(statistics.median(ratios), 3),
                       "ratios": [round(r, 3) for r in ratios]}))
 
 
