@@ -7,7 +7,12 @@ under the same fan-out load. Prints one line per run and the median ratio at the
     python3 bench/cluster_pairs.py --pairs 10
 
 CPU is read from /proc for each process (node A, node B, redis-server) and from the load
-generator's rusage, in seconds over the run.
+generator's rusage, in seconds over the run. Every delivery is counted: the last line says how
+many were lost, duplicated or reordered over all the runs.
+
+`--window-on ack` paces the publisher by node A's acknowledgements instead of by complete
+deliveries (requests carry an `id` on an envelope-mode connection), as a backend that waits for
+each ack does: node B's deliveries then no longer hold the publisher back.
 
 `--fifo a,redis` (a diagnostic, as root: it runs `chrt`) gives every thread of the named
 cluster processes (a, b, redis) the real-time policy SCHED_FIFO before the cluster's run, so
@@ -41,7 +46,9 @@ def measured(server, procs, *args):
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = {name: round(cpu_secs(p.pid) - before[name], 2) for name, p in procs.items()}
     cpu["load generator"] = round(after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime, 2)
-    return {"deliveries_per_sec": result["deliveries_per_sec"], "cpu_secs": cpu}
+    wrong = sum(result.get(k, 0) for k in ("lost", "duplicates", "reordered"))
+    return {"deliveries_per_sec": result["deliveries_per_sec"], "cpu_secs": cpu,
+            "lost_duplicated_reordered": wrong}
 
 
 def fifo(pid):
@@ -56,14 +63,18 @@ def main():
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--serve", nargs="*", default=[], help="extra `tagcast serve` arguments, e.g. --history 0")
+    parser.add_argument("--window-on", choices=("delivered", "ack"), default="delivered",
+                        help="what frees a slot of the publisher's window: every subscriber got "
+                        "the request (row 11), or node A acknowledged it")
     parser.add_argument("--fifo", default="", help="cluster processes to run as SCHED_FIFO "
                         "(a diagnostic, needs root): a comma-separated list of a, b, redis")
     args = parser.parse_args()
     fifo_names = [n for n in args.fifo.split(",") if n]
     if any(n not in ("a", "b", "redis") for n in fifo_names):
         parser.error("--fifo takes a comma-separated list of a, b and redis")
-    load = ("--subscribers", 1000, "--groups", 1, "--in-flight", args.in_flight, "--messages", args.messages)
-    ratios = []
+    load = ("--subscribers", 1000, "--groups", 1, "--in-flight", args.in_flight, "--messages", args.messages,
+            "--window-on", args.window_on)
+    ratios, wrong = [], 0
     for _ in range(args.pairs):
         with compare.Server("tagcast", args.serve) as lone:
             alone = measured(lone, {"node": lone.proc}, *load)
@@ -73,9 +84,10 @@ def main():
                 fifo({"a": a.proc, "b": b.proc, "redis": redis}[name].pid)
             cluster = measured(b, procs, "--publish-url", f"ws://127.0.0.1:{a.port}", *load)
         ratios.append(cluster["deliveries_per_sec"] / alone["deliveries_per_sec"])
+        wrong += alone["lost_duplicated_reordered"] + cluster["lost_duplicated_reordered"]
         print(json.dumps({"lone": alone, "cluster": cluster, "ratio": round(ratios[-1], 3)}), flush=True)
-    print(json.dumps({"pairs": len(ratios), "fifo": fifo_names, "median_ratio": round(statistics.median(ratios), 3),
-                      "ratios": [round(r, 3) for r in ratios]}))
+    print(json.dumps({"pairs": len(ratios), "window_on": args.window_on, "fifo": fifo_names, "median_ratio": round(statistics.median(ratios), 3),
+                      "ratios": [round(r, 3) for r in ratios], "lost_duplicated_reordered": wrong}))
 
 
 if __name__ == "__main__":

@@ -139,6 +139,10 @@ struct FanoutArgs {
     /// Requests of one publisher not yet fully delivered, at most (flow control).
     #[arg(long, default_value_t = 16)]
     in_flight: usize,
+    /// What frees a slot of the in-flight window: `delivered` (every subscriber got the
+    /// request) or `ack` (the publisher's node acknowledged it: requests carry an `id`).
+    #[arg(long, value_enum, default_value_t = WindowOn::Delivered)]
+    window_on: WindowOn,
     /// Offered rate in requests per second for all publishers together, instead of as fast as
     /// the in-flight window allows.
     #[arg(long)]
@@ -159,6 +163,13 @@ struct FanoutArgs {
     /// How publishers send (bench/src/pusher.rs runs the HTTP ones).
     #[arg(long, value_enum, default_value_t = pusher::PublishOver::Ws)]
     publish_over: pusher::PublishOver,
+}
+
+/// What frees a slot of a publisher's in-flight window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WindowOn {
+    Delivered,
+    Ack,
 }
 
 impl FanoutArgs {
@@ -433,6 +444,22 @@ async fn open(url: &str) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
+/// Opens an envelope-mode connection (subprotocol `tagcast.v1`): its requests may carry an `id`
+/// and are acknowledged.
+async fn open_envelope(url: &str) -> anyhow::Result<Ws> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("tagcast.v1"),
+    );
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, TLS.get().cloned())
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+    Ok(ws)
+}
+
 /// Opens a connection whose socket receives into a 4 KiB buffer, like a client on a slow
 /// link: the server's queue for it fills after a few megabytes, not after the kernel's
 /// auto-tuned buffers (several megabytes on loopback) soak everything up.
@@ -645,20 +672,36 @@ async fn slow_subscriber(ws: Ws, mut stop: watch::Receiver<bool>) -> bool {
 }
 
 async fn publisher(
-    mut ws: Ws,
+    ws: Ws,
     index: usize,
     run: Arc<Run>,
     payload: usize,
     interval: Option<Duration>,
+    acks: Option<usize>,
 ) -> anyhow::Result<()> {
+    let (mut ws, mut incoming) = ws.split();
+    // With `--window-on ack`, a slot comes back with each ack frame.
+    let acked = acks.map(|n| Arc::new(Semaphore::new(n.max(1))));
+    if let Some(acked) = acked.clone() {
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = incoming.next().await {
+                if let Message::Text(text) = frame {
+                    if text.as_str().contains(r#""type":"ack""#) {
+                        acked.add_permits(1);
+                    }
+                }
+            }
+        });
+    }
     let mut padding = String::new();
     for seq in 0..run.messages {
-        match interval {
-            Some(every) => {
+        match (interval, &acked) {
+            (Some(every), _) => {
                 let due = run.start + every * seq as u32;
                 tokio::time::sleep_until(due.into()).await;
             }
-            None => run.windows[index].acquire().await?.forget(),
+            (None, Some(acked)) => acked.acquire().await?.forget(),
+            (None, None) => run.windows[index].acquire().await?.forget(),
         }
         let expected = run.expected_for(index, seq);
         let stamp = format!("{index}:{seq}:{}:", now_ns(run.start));
@@ -667,8 +710,13 @@ async fn publisher(
             'x',
             payload.saturating_sub(stamp.len()),
         ));
+        let id = if acked.is_some() {
+            format!(r#","id":{seq}"#)
+        } else {
+            String::new()
+        };
         let frame = format!(
-            r#"{{"message":"{stamp}{padding}","tags":{{"g":{}}}}}"#,
+            r#"{{"message":"{stamp}{padding}","tags":{{"g":{}}}{id}}}"#,
             run.group_of(index, seq)
         );
         ws.send(Message::text(frame)).await.context("publishing")?;
@@ -712,13 +760,19 @@ async fn fanout(args: &FanoutArgs, slow_percent: f64) -> anyhow::Result<serde_js
     }
     let setup = Instant::now();
     let subscribers = open_all_with(urls, c.concurrency, is_slow).await?;
-    let publishers = open_all(
-        (0..args.publishers)
-            .map(|p| url_with_tags(args.publisher_url(p), &json!({ "publisher": p })))
-            .collect(),
-        c.concurrency,
-    )
-    .await?;
+    let publisher_urls: Vec<String> = (0..args.publishers)
+        .map(|p| url_with_tags(args.publisher_url(p), &json!({ "publisher": p })))
+        .collect();
+    let publishers = match args.window_on {
+        WindowOn::Delivered => open_all(publisher_urls, c.concurrency).await?,
+        WindowOn::Ack => {
+            let mut opened = Vec::with_capacity(publisher_urls.len());
+            for url in &publisher_urls {
+                opened.push(open_envelope(url).await?);
+            }
+            opened
+        }
+    };
     let setup_secs = setup.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -749,6 +803,7 @@ async fn fanout(args: &FanoutArgs, slow_percent: f64) -> anyhow::Result<serde_js
             run.clone(),
             args.payload,
             interval,
+            (args.window_on == WindowOn::Ack).then_some(args.in_flight),
         )));
     }
 
@@ -794,6 +849,7 @@ async fn fanout(args: &FanoutArgs, slow_percent: f64) -> anyhow::Result<serde_js
         "messages_per_publisher": args.messages,
         "payload_bytes": args.payload,
         "in_flight": if args.rate.is_some() { serde_json::Value::Null } else { json!(args.in_flight) },
+        "window_on": format!("{:?}", args.window_on).to_lowercase(),
         "offered_rate": args.rate,
         "slow_subscribers": slow_count,
         "slow_disconnected": slow_disconnected,
