@@ -382,6 +382,17 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &cli.ca_cert {
         let _ = TLS.set(tls_connector(path)?);
     }
+    let fanout_args = match &cli.scenario {
+        Scenario::Fanout(a) => Some(a),
+        Scenario::Slow(a) => Some(&a.fanout),
+        _ => None,
+    };
+    if fanout_args.is_some_and(|a| a.window_on == WindowOn::Ack) && pusher::handles(&cli.scenario) {
+        bail!(
+            "--window-on ack needs a Tagcast server and --publish-over ws: the acks come on the \
+             publisher's WebSocket"
+        );
+    }
     let result = match cli.scenario {
         scenario if pusher::handles(&scenario) => pusher::run(&scenario).await?,
         Scenario::Fanout(args) => fanout(&args, 0.0).await?,
@@ -680,13 +691,15 @@ async fn publisher(
     acks: Option<usize>,
 ) -> anyhow::Result<()> {
     let (mut ws, mut incoming) = ws.split();
-    // With `--window-on ack`, a slot comes back with each ack frame.
+    // With `--window-on ack`, a slot comes back with each answer to a request: its ack, or an
+    // error frame (a refused request is then counted as lost instead of stalling the run).
     let acked = acks.map(|n| Arc::new(Semaphore::new(n.max(1))));
     if let Some(acked) = acked.clone() {
         tokio::spawn(async move {
             while let Some(Ok(frame)) = incoming.next().await {
                 if let Message::Text(text) = frame {
-                    if text.as_str().contains(r#""type":"ack""#) {
+                    let text = text.as_str();
+                    if text.contains(r#""type":"ack""#) || text.contains(r#""type":"error""#) {
                         acked.add_permits(1);
                     }
                 }
