@@ -554,6 +554,14 @@ test("--signed-tags: token and getToken, before every connect and reconnect", { 
       return window.asked;
     }, { proxied: proxy.ws, tokens });
     assert.equal(asked, 1);
+    // A first message before the cut: the client then has a position to resume from. Cut
+    // before the server's first frame (its position), the client would have none and rightly
+    // say `recovered: false`.
+    await page.evaluate(() => {
+      window.first = new Promise((resolve) => window.tokenClient.on("message", ({ message }) => resolve(message)));
+    });
+    await api(server, "POST", "/publish", { message: "first", tags: { user: 42 } });
+    assert.equal(await page.evaluate(() => window.first), "first");
     proxy.cut();
     await page.waitForFunction(() => window.tokenClient.state === "reconnecting");
     proxy.mend();
