@@ -441,33 +441,37 @@ fn url_with_tags(base: &str, tags: &serde_json::Value) -> String {
 }
 
 async fn open(url: &str) -> anyhow::Result<Ws> {
+    open_with(url, None).await
+}
+
+/// Opens an envelope-mode connection (subprotocol `tagcast.v1`): its requests may carry an `id`
+/// and are acknowledged.
+async fn open_envelope(url: &str) -> anyhow::Result<Ws> {
+    open_with(url, Some("tagcast.v1")).await
+}
+
+/// Opens a connection, offering `subprotocol` when given.
+async fn open_with(url: &str, subprotocol: Option<&'static str>) -> anyhow::Result<Ws> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut request = url.into_client_request()?;
+    if let Some(subprotocol) = subprotocol {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(subprotocol),
+        );
+    }
     // tungstenite zero-fills its whole read buffer on every read: its 128 KiB default made
     // memset half of this process's CPU time. Frames here are small.
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
-        url,
+        request,
         Some(config),
         true,
         TLS.get().cloned(),
     )
     .await
     .with_context(|| format!("connecting to {url}"))?;
-    Ok(ws)
-}
-
-/// Opens an envelope-mode connection (subprotocol `tagcast.v1`): its requests may carry an `id`
-/// and are acknowledged.
-async fn open_envelope(url: &str) -> anyhow::Result<Ws> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = url.into_client_request()?;
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("tagcast.v1"),
-    );
-    let (ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(request, None, true, TLS.get().cloned())
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
     Ok(ws)
 }
 

@@ -30,27 +30,18 @@ use crate::refusal::{Reason, Refusal};
 use crate::registry::Registered;
 use crate::router::{Flight, Greeting, RateLimiter, Router, Step};
 
-/// What a connection's signed-tags token grants (PROTOCOL.md §5.1): the tags its retag
-/// commands must stay within, and the application and expiry a token the server signs for it
-/// after an API retag keeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// The tags it may listen with.
-    pub tags: Tags,
-    /// The application that signed the token.
-    pub key: String,
-    /// The token's expiry, Unix seconds.
-    pub exp: u64,
-}
+/// What a connection's signed-tags token grants (PROTOCOL.md §5.1): the claims of its latest
+/// token. Its tags bound the connection's retag commands; its application and expiry are kept
+/// by the token the server signs for it after an API retag.
+pub type Grant = tagcast::TokenClaims;
 
-impl Grant {
-    /// The grant after an API retag: its tags [`moved`] as the connection's are.
-    pub fn moved(&self, set: &Tags, unset: &[String]) -> Grant {
-        Grant {
-            tags: moved(self.tags.clone(), set, unset),
-            key: self.key.clone(),
-            exp: self.exp,
-        }
+/// The grant after an API retag: its tags [`moved`] as the connection's are, the same
+/// application and expiry.
+pub fn moved_grant(grant: &Grant, set: &Tags, unset: &[String]) -> Grant {
+    Grant {
+        tags: moved(grant.tags.clone(), set, unset),
+        key: grant.key.clone(),
+        exp: grant.exp,
     }
 }
 
@@ -64,16 +55,6 @@ pub fn moved(mut tags: Tags, set: &Tags, unset: &[String]) -> Tags {
         tags.remove(name);
     }
     tags
-}
-
-impl From<tagcast::TokenClaims> for Grant {
-    fn from(claims: tagcast::TokenClaims) -> Self {
-        Grant {
-            tags: claims.tags,
-            key: claims.key,
-            exp: claims.exp,
-        }
-    }
 }
 
 /// One open connection: what the router and the registry hold of it (the handle); its task is
@@ -112,13 +93,13 @@ impl Connection {
         *self.granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(grant));
     }
 
-    /// Moves what its token grants as an API retag moves its tags ([`Grant::moved`]), in one
+    /// Moves what its token grants as an API retag moves its tags ([`moved_grant`]), in one
     /// step under the lock: `(before, after)`, or `None` without a token.
     pub fn move_granted(&self, set: &Tags, unset: &[String]) -> Option<(Grant, Grant)> {
         let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
         let grant = granted.as_deref_mut()?;
         let before = grant.clone();
-        *grant = before.moved(set, unset);
+        *grant = moved_grant(&before, set, unset);
         Some((before, grant.clone()))
     }
 

@@ -178,11 +178,11 @@ impl Admission {
                 .map_err(refused)?,
         };
         match handshake.query_value("tags") {
-            None => Ok((claims.tags.clone(), claims.into())),
+            None => Ok((claims.tags.clone(), claims)),
             Some(json) => {
                 let asked = self.parse_tags(json)?;
                 if claims.tags.contains_all(&asked) {
-                    Ok((asked, claims.into()))
+                    Ok((asked, claims))
                 } else {
                     Err(refused(TokenError::Subset))
                 }

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::auth::{ApplicationsAuthManager, AuthManager, Handshake};
 use crate::close::{SERVICE_RESTART, SERVICE_RESTART_REASON};
 use crate::cluster::{BoxFuture, Bus, Submitted, Taken, Unavailable};
-use crate::connection::{Connection, Grant, Offered};
+use crate::connection::{moved_grant, Connection, Grant, Offered};
 use crate::history::{History, Limits, Sequencer};
 use crate::metrics::{Metrics, Transport};
 use crate::refusal::{Reason, Refusal};
@@ -204,7 +204,7 @@ impl Fanout {
                 .filter(|(conn, _)| conn.envelope)
                 .filter_map(|(conn, _)| {
                     let before = conn.granted()?;
-                    let token = self.sign(&before.moved(set, unset))?;
+                    let token = self.sign(&moved_grant(&before, set, unset))?;
                     Some((conn.id, (before, token)))
                 })
                 .collect(),
@@ -532,13 +532,16 @@ impl Router {
                     let claims =
                         tagcast::token::verify(token, now, |key| applications.secret_of(key))
                             .map_err(|e| Refusal::new(Reason::Unauthorized, e.to_string()))?;
-                    Some(Grant::from(claims))
+                    Some(claims)
                 }
                 Some(_) => return Err(bad("'token' must be a string".into())),
                 None => None,
             };
-            let allowed = granted.clone().or_else(|| conn.granted());
-            if !allowed.is_some_and(|g| g.tags.contains_all(&tags)) {
+            let allowed = match &granted {
+                Some(grant) => grant.tags.contains_all(&tags),
+                None => conn.granted().is_some_and(|g| g.tags.contains_all(&tags)),
+            };
+            if !allowed {
                 return Err(Refusal::new(
                     Reason::Unauthorized,
                     tagcast::TokenError::Subset.to_string(),
